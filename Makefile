@@ -1,0 +1,25 @@
+# Two entry points for users: `make demo` and `make test`. Both create the environment on first use.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tempsamp-installed
+
+.PHONY: env demo test bench clean-env
+
+$(STAMP): pyproject.toml scripts/setup_env.sh
+	PY=$(PY) bash scripts/setup_env.sh $(VENV)
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tempsamp demo --out outputs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout 900 tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/decode.py
+
+clean-env:
+	rm -rf $(VENV)
