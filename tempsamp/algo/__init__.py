@@ -1,0 +1,1 @@
+"""RL algorithm math: GRPO advantages, GT injection, PPO-clip / KL losses."""

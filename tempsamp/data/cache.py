@@ -1,0 +1,200 @@
+"""Stage B: decode each video once into a fingerprinted cache; load it back safely.
+
+Entry: `<dir>/<sha256(abs path)[:20]>.safetensors` holding the frames tensor and, in the safetensors
+header, the full decode parameters, the sampling metadata and the source file's size/mtime.
+No pickle is involved in loading. Entries are written to a temp file and renamed (atomic).
+
+Unlike the original (which silently used stale caches), an entry whose parameters differ from the
+run's is an error that prints both parameter sets, or is rebuilt when asked (`rebuild=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .records import read_records, write_jsonl
+from .video import VideoDecodeError, VideoMeta, VideoParams, VideoSample, decode_video, path_key, source_stat
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = "tempsamp-video-cache/1"
+
+
+class CacheMismatchError(RuntimeError):
+    """A cache entry was built with other decode parameters (or from another source file version)."""
+
+
+class CacheMissError(RuntimeError):
+    """No cache entry, and the source mode forbids realtime decoding."""
+
+
+def entry_path(cache_dir: str | Path, video_path: str) -> Path:
+    return Path(cache_dir) / f"{path_key(video_path)}.safetensors"
+
+
+def write_entry(cache_dir: str | Path, sample: VideoSample) -> Path:
+    dst = entry_path(cache_dir, sample.meta.path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": CACHE_FORMAT,
+        "params": json.dumps(sample.params.as_dict(), sort_keys=True),
+        "meta": msgspec.json.encode(sample.meta).decode(),
+        "source": json.dumps(source_stat(sample.meta.path)),
+    }
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"frames": torch.from_numpy(np.ascontiguousarray(sample.frames))}, tmp, metadata=header)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def _describe(params: dict) -> str:
+    return ", ".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def read_entry(cache_dir: str | Path, video_path: str, params: VideoParams) -> VideoSample | None:
+    """The cached sample, None when absent. Raises CacheMismatchError when built differently."""
+    p = entry_path(cache_dir, video_path)
+    if not p.is_file():
+        return None
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("format") != CACHE_FORMAT:
+                raise CacheMismatchError(f"{p}: not a {CACHE_FORMAT} entry (format={header.get('format')!r})")
+            cached = json.loads(header["params"])
+            wanted = params.as_dict()
+            if cached != wanted:
+                raise CacheMismatchError(
+                    f"{p}: cache entry for {video_path} was built with other decode parameters.\n"
+                    f"  cache: {_describe(cached)}\n  run:   {_describe(wanted)}\n"
+                    "Rebuild it (`tempsamp cache ... --rebuild` or data.rebuild_cache=true) or point "
+                    "data.preprocessed_video_dir at a cache built for these parameters."
+                )
+            src = json.loads(header["source"])
+            if os.path.exists(video_path) and src != source_stat(video_path):
+                raise CacheMismatchError(
+                    f"{p}: source video {video_path} changed since it was cached "
+                    f"(cached size/mtime {src}, now {source_stat(video_path)}); rebuild the cache"
+                )
+            meta = msgspec.json.decode(header["meta"], type=VideoMeta)
+            frames = f.get_tensor("frames").numpy()
+    except CacheMismatchError:
+        raise
+    except Exception as e:
+        raise CacheMismatchError(f"{p}: unreadable cache entry ({type(e).__name__}: {e}); rebuild the cache") from None
+    return VideoSample(frames=frames, meta=meta, params=params, from_cache=True)
+
+
+class VideoSource:
+    """Where a run's frames come from: the Stage B cache and/or realtime decoding.
+
+    mode: prefer_preprocessed (cache hit, else decode), preprocessed_only (miss = error),
+    realtime_only (never touch the cache). A parameter mismatch is an error unless rebuild=True.
+    """
+
+    def __init__(self, params: VideoParams, cache_dir: str = "",
+                 mode: Literal["prefer_preprocessed", "preprocessed_only", "realtime_only"] = "realtime_only",
+                 rebuild: bool = False):
+        if mode != "realtime_only" and not cache_dir:
+            raise ValueError(f"video_source_mode={mode} needs data.preprocessed_video_dir")
+        self.params, self.cache_dir, self.mode, self.rebuild = params, cache_dir, mode, rebuild
+        self.hits = self.misses = self.rebuilt = 0
+
+    @classmethod
+    def from_config(cls, cfg, params: VideoParams) -> "VideoSource":
+        d = cfg.data
+        mode = d.video_source_mode if d.use_preprocessed else "realtime_only"
+        return cls(params, d.preprocessed_video_dir, mode, d.rebuild_cache)
+
+    def load(self, video_path: str) -> VideoSample:
+        if self.mode != "realtime_only":
+            try:
+                s = read_entry(self.cache_dir, video_path, self.params)
+            except CacheMismatchError:
+                if not self.rebuild:
+                    raise
+                s = decode_video(video_path, self.params)
+                write_entry(self.cache_dir, s)
+                self.rebuilt += 1
+                return s
+            if s is not None:
+                self.hits += 1
+                return s
+            if self.mode == "preprocessed_only":
+                raise CacheMissError(
+                    f"{video_path}: not in cache {self.cache_dir} and video_source_mode=preprocessed_only")
+        self.misses += 1
+        return decode_video(video_path, self.params)
+
+
+class CacheReport(msgspec.Struct):
+    total: int = 0
+    built: int = 0
+    reused: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+def build_cache(input_jsonl: str, cache_dir: str, output_jsonl: str, params: VideoParams,
+                workers: int = 2, rebuild: bool = False, progress: bool = True) -> CacheReport:
+    """Decode every distinct video of a trainer JSONL once. Writes OUT (successful rows only) and
+    OUT.failed.jsonl (`{"line", "video", "error"}` per failed row)."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    records, _ = read_records(input_jsonl)
+    videos = sorted({r.video for r in records})
+    rep = CacheReport(total=len(videos))
+    errors: dict[str, str] = {}
+
+    def one(v: str) -> str:
+        try:
+            existing = read_entry(cache_dir, v, params)
+            if existing is not None:
+                return "reused"
+        except CacheMismatchError as e:
+            if not rebuild:
+                errors[v] = str(e)
+                return "failed"
+        try:
+            write_entry(cache_dir, decode_video(v, params))
+            return "built"
+        except (VideoDecodeError, OSError) as e:
+            errors[v] = str(e)
+            return "failed"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for status in tqdm(pool.map(one, videos), total=len(videos), desc="cache", disable=not progress):
+            setattr(rep, status, getattr(rep, status) + 1)
+    ok = [r for r in records if r.video not in errors]
+    write_jsonl(output_jsonl, ok)
+    failed = [
+        {"line": r.source, "video": r.video, "error": errors[r.video]} for r in records if r.video in errors
+    ]
+    write_jsonl(str(output_jsonl) + ".failed.jsonl" if not str(output_jsonl).endswith(".jsonl")
+                else str(output_jsonl)[: -len(".jsonl")] + ".failed.jsonl", failed)
+    rep.seconds = time.time() - t0
+    return rep
+
+
+__all__ = [
+    "CacheMismatchError", "CacheMissError", "VideoSource", "build_cache", "read_entry", "write_entry",
+    "entry_path",
+]

@@ -1,0 +1,140 @@
+"""Policy helpers shared by rollout and learner: model inputs from a record + decoded video,
+HF generation of n responses, and per-token log-probs of given responses.
+
+On-policy and GT rows go through the same `response_logprobs` path. Logits are computed only
+at response positions (hidden states -> lm_head on a slice), so memory is O(B * L * V) for the
+response only, not the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..data.prompts import split_problem
+from ..data.video import VideoSample
+
+VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def family_of(processor_or_model) -> str:
+    name = type(processor_or_model).__name__.lower()
+    cfg = getattr(processor_or_model, "config", None)
+    mt = getattr(cfg, "model_type", "") if cfg is not None else ""
+    if "qwen3_5" in name or mt == "qwen3_5":
+        return "qwen3_5"
+    if "qwen3" in name or mt.startswith("qwen3"):
+        return "qwen3_vl"
+    return "qwen2_5_vl"
+
+
+def render_prompt(processor, problem: str, thinking: bool = False) -> str:
+    """Chat-templated prompt text (generation prompt added, thinking disabled)."""
+    msgs = [{"role": "user", "content": split_problem(problem)}]
+    return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=thinking)
+
+
+@dataclass
+class PromptInputs:
+    """One prompt's processor outputs (batch of 1): input_ids (1, P) and the visual tensors."""
+
+    input_ids: torch.Tensor
+    visual: dict
+    mm_token_type_ids: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def build_inputs(processor, prompt_text: str, video: VideoSample) -> PromptInputs:
+    out = processor(text=[prompt_text], videos=[video.frames], video_metadata=[video.meta.hf_metadata()],
+                    do_sample_frames=False, do_resize=False, return_tensors="pt")
+    visual = {k: out[k] for k in VISUAL_KEYS if k in out}
+    return PromptInputs(input_ids=out["input_ids"], visual=visual, mm_token_type_ids=out.get("mm_token_type_ids"))
+
+
+def _trim_responses(seqs: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each row after its first EOS (kept); mask = 1 up to and including EOS."""
+    is_eos = seqs == eos_id
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((seqs.shape[0],), seqs.shape[1] - 1))
+    pos = torch.arange(seqs.shape[1])[None, :]
+    mask = (pos <= first[:, None]).long()
+    ids = torch.where(mask.bool(), seqs, torch.full_like(seqs, pad_id))
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(model, inputs: PromptInputs, n: int, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = -1, eos_id: int = 151645, pad_id: int = 151643,
+             greedy: bool = False, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n responses for one prompt. Returns (ids (n, L), mask (n, L), logprobs (n, L)) where
+    logprobs are of the sampled tokens under the raw policy (temperature 1, no top-p), the same
+    quantity the learner computes."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    kw = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, return_dict_in_generate=True,
+              output_logits=True, eos_token_id=eos_id, pad_token_id=pad_id)
+    if greedy:
+        kw.update(do_sample=False, num_return_sequences=1)
+    else:
+        kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else None)
+    extra = {k: v.to(device) for k, v in inputs.visual.items()}
+    if inputs.mm_token_type_ids is not None:
+        extra["mm_token_type_ids"] = inputs.mm_token_type_ids.to(device)
+    out = model.generate(input_ids=inputs.input_ids.to(device),
+                         attention_mask=torch.ones_like(inputs.input_ids).to(device), **extra, **kw)
+    seqs = out.sequences[:, inputs.length:].cpu()
+    ids, mask = _trim_responses(seqs, eos_id, pad_id)
+    logits = torch.stack(out.logits, dim=1).float().cpu()  # (n, L, V) raw logits
+    lp = torch.log_softmax(logits, -1).gather(-1, seqs[..., None]).squeeze(-1)
+    return ids, mask, lp * mask
+
+
+def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """Per-token log-probs (B, L) of `response_ids` after the prompt (B rows share the prompt+video).
+
+    Gradients flow when called outside no_grad. Rows are right-padded; padding positions get 0.
+    """
+    device = next(model.parameters()).device
+    B, L = response_ids.shape
+    P = inputs.length
+    ids = torch.cat([inputs.input_ids.expand(B, P), response_ids], dim=1).to(device)
+    attn = torch.cat([torch.ones(B, P, dtype=torch.long), response_mask.long()], dim=1).to(device)
+    visual = {}
+    for k, v in inputs.visual.items():
+        if k == "pixel_values_videos":
+            visual[k] = v.repeat(B, 1).to(device)
+        else:
+            visual[k] = v.repeat(B, *([1] * (v.dim() - 1))).to(device)
+    if inputs.mm_token_type_ids is not None:
+        visual["mm_token_type_ids"] = torch.cat(
+            [inputs.mm_token_type_ids.expand(B, P), torch.zeros(B, L, dtype=inputs.mm_token_type_ids.dtype)], 1
+        ).to(device)
+    out = model.model(input_ids=ids, attention_mask=attn, use_cache=False, **visual)
+    hidden = out.last_hidden_state[:, P - 1: P - 1 + L]  # positions predicting response tokens
+    logits = model.lm_head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    lp = logp_all.gather(-1, response_ids.to(device)[..., None]).squeeze(-1)
+    lp = lp * response_mask.to(device).to(lp.dtype)
+    if with_entropy:
+        ent = -(logp_all.exp() * logp_all).sum(-1) * response_mask.to(device)
+        return lp, ent
+    return lp
+
+
+def pad_responses(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), max(L, 1)), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), max(L, 1)), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask

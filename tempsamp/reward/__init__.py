@@ -1,0 +1,1 @@
+"""Reward: grounding IoU + format, non-linear shaping, GT responses."""
