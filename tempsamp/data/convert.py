@@ -221,7 +221,10 @@ def stratified_sample(rows: list[dict], k: int, by: str, oversample: bool, rng: 
     out: list[dict] = []
     for b, n in enumerate(largest_remainder(k, target)):
         pool = buckets.get(b, [])
-        if n == 0 or not pool:
+        if n == 0:
+            continue
+        if not pool:
+            log.warning("stratify_by=%s: bucket %d is empty; %d requested rows cannot be drawn", by, b, n)
             continue
         if n <= len(pool):
             out += [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]

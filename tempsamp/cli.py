@@ -1,0 +1,180 @@
+"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | demo | eval."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="Stage A: raw TimeLens JSONL -> trainer JSONL")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--video_root", "--video-root", dest="video_root", required=True)
+    p.add_argument("--answer-format", choices=["tags", "json"], default="tags")
+    p.add_argument("--bare-query", action="store_true", help="problem = the bare event query")
+    for k in ("difficulty", "duration", "gt_len", "coverage"):
+        p.add_argument(f"--min_{k}", f"--min-{k.replace('_', '-')}", dest=f"min_{k}", type=float)
+        p.add_argument(f"--max_{k}", f"--max-{k.replace('_', '-')}", dest=f"max_{k}", type=float)
+    p.add_argument("--duration-file", "--duration_file", dest="duration_file")
+    p.add_argument("--max_samples", "--max-samples", dest="max_samples", type=int)
+    p.add_argument("--sort-by-difficulty", action="store_true")
+    p.add_argument("--sampling", choices=["none", "gaussian"], default="none")
+    p.add_argument("--stratify_by", "--stratify-by", dest="stratify_by",
+                   choices=["none", "gt_len", "coverage", "joint"], default="none")
+    p.add_argument("--no-oversample", action="store_true")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--skip-bad", action="store_true", help="skip bad lines (counted) instead of stopping")
+    p.add_argument("--missing-videos", choices=["error", "drop", "keep"], default="error")
+
+
+def cmd_convert(a) -> int:
+    from .data.convert import ConvertOptions, convert_file
+
+    opts = ConvertOptions(
+        video_root=a.video_root, answer_format=a.answer_format, bare_query=a.bare_query,
+        min_difficulty=a.min_difficulty, max_difficulty=a.max_difficulty, min_duration=a.min_duration,
+        max_duration=a.max_duration, min_gt_len=a.min_gt_len, max_gt_len=a.max_gt_len,
+        min_coverage=a.min_coverage, max_coverage=a.max_coverage, duration_file=a.duration_file,
+        max_samples=a.max_samples, sort_by_difficulty=a.sort_by_difficulty, sampling=a.sampling,
+        stratify_by=a.stratify_by, allow_oversample=not a.no_oversample, seed=a.seed,
+        skip_bad=a.skip_bad, missing_videos=a.missing_videos,
+    )
+    rep = convert_file(a.input, a.output, opts)
+    print(f"convert: {rep.summary()} -> {a.output}")
+    return 0
+
+
+def _add_config_args(p):
+    p.add_argument("--config", help="YAML config (see jobs/configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.name=tempsamp")
+
+
+def _config(a):
+    from .config import load_config
+
+    return load_config(a.config, a.overrides)
+
+
+def cmd_cache(a) -> int:
+    from .data.cache import build_cache
+    from .data.video import VideoParams
+
+    cfg = _config(a)
+    family = cfg.model.family if cfg.model.family != "auto" else _family_for(cfg)
+    params = VideoParams.from_config(cfg.video, family)
+    rep = build_cache(a.input, a.output_dir, a.output, params, workers=a.workers,
+                      rebuild=a.rebuild or cfg.data.rebuild_cache)
+    print(f"cache: {rep.total} videos: {rep.built} built, {rep.reused} reused, {rep.failed} failed "
+          f"in {rep.seconds:.1f}s -> {a.output_dir}; rows -> {a.output}")
+    return 0 if rep.failed == 0 else 3
+
+
+def _family_for(cfg) -> str:
+    if cfg.model.path:
+        from .models.loading import detect_family
+
+        return detect_family(cfg.model.path)
+    return cfg.model.tiny_family
+
+
+def cmd_synth(a) -> int:
+    from .data.synthetic import generate
+
+    m = generate(a.out, n_train=a.n_train, n_bench=a.n_bench, seed=a.seed)
+    print(f"synth: {m['n_train']} train videos, {m['n_bench']} per bench dataset -> {a.out}")
+    for k in ("raw_jsonl", "train_jsonl", "bench_dir", "video_root"):
+        print(f"  {k}: {m[k]}")
+    return 0
+
+
+def cmd_build_tiny(a) -> int:
+    from .models.tiny import build_tiny_model
+
+    print(build_tiny_model(a.out, a.family, seed=a.seed, overwrite=True))
+    return 0
+
+
+def cmd_plan(a) -> int:
+    from .placement.plan import format_plan, make_plan
+
+    cfg = _config(a)
+    print(format_plan(make_plan(cfg)))
+    return 0
+
+
+def cmd_train(a) -> int:
+    from .trainer import train_main
+
+    return train_main(_config(a), config_path=a.config)
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(a.out, steps=a.steps, quick=a.quick)
+
+
+def cmd_eval(a) -> int:
+    from .eval.bench import eval_main
+
+    return eval_main(a)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(prog="tempsamp", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_convert(sub)
+    p = sub.add_parser("cache", help="Stage B: decode videos once into a fingerprinted cache")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True)
+    p.add_argument("--output", required=True, help="trainer JSONL with the successfully cached rows")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rebuild", action="store_true", help="rebuild entries built with other parameters")
+    _add_config_args(p)
+    p = sub.add_parser("synth", help="generate synthetic videos, raw/trainer JSONL and a bench folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=24)
+    p.add_argument("--n-bench", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("build-tiny", help="write a tiny random checkpoint of a supported family")
+    p.add_argument("--out", required=True)
+    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("plan", help="print the placement plan for a config")
+    _add_config_args(p)
+    p = sub.add_parser("train", help="train (GRPO or TempSamp) on the Ray actor system")
+    _add_config_args(p)
+    p = sub.add_parser("demo", help="end-to-end CPU demo: GRPO vs TempSamp on synthetic data")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="reduced demo (CI)")
+    p = sub.add_parser("eval", help="TimeLens-Bench evaluation of a checkpoint")
+    p.add_argument("--model")
+    p.add_argument("--base-model", dest="base_model")
+    p.add_argument("--bench-dir", dest="bench_dir")
+    p.add_argument("--datasets")
+    p.add_argument("--output", default="outputs/eval")
+    p.add_argument("--skip-missing-videos", action="store_true")
+    p.add_argument("--parse-mode", choices=["eval", "training"], default=None)
+    p.add_argument("--num-engines", type=int, default=None)
+    p.add_argument("--config")
+    a = ap.parse_args(argv)
+    handlers = {"convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
+                "plan": cmd_plan, "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval}
+    from .config import ConfigError
+    from .data.cache import CacheMismatchError, CacheMissError
+    from .data.records import RecordError
+    from .data.video import VideoDecodeError
+
+    try:
+        return handlers[a.cmd](a)
+    except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError) as e:
+        print(f"tempsamp {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

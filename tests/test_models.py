@@ -1,0 +1,53 @@
+"""Each tiny family: processor on a synthetic video, generate, log-probs agree, one optimizer step."""
+
+import pytest
+import torch
+
+from tempsamp.data.prompts import build_problem
+from tempsamp.data.records import read_records
+from tempsamp.data.video import VideoParams, decode_video
+from tempsamp.models.loading import detect_family, load_model, load_processor, pick_attn_implementation
+from tempsamp.models.policy import build_inputs, generate, render_prompt, response_logprobs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,tol", [("qwen2_5_vl", 1e-4), ("qwen3_vl", 1e-4), ("qwen3_5", 0.1)])
+def test_family_end_to_end(tiny_models, synth, family, tol):
+    path = tiny_models(family)
+    assert detect_family(path) == family
+    proc = load_processor(path)
+    model = load_model(path, dtype="bfloat16" if family == "qwen3_5" else "float32")
+    rec = read_records(synth["train_jsonl"])[0][0]
+    video = decode_video(rec.video, VideoParams(fps=1.0, max_frames=8, min_pixels=3136, max_pixels=6272,
+                                                patch_size=14 if family == "qwen2_5_vl" else 16))
+    inputs = build_inputs(proc, render_prompt(proc, rec.problem), video)
+    assert (inputs.input_ids == 151656).sum() > 0  # video tokens expanded
+    ids, mask, gen_lp = generate(model, inputs, n=3, max_new_tokens=6, seed=0)
+    assert ids.shape[0] == 3
+    lp = response_logprobs(model, inputs, ids, mask)
+    assert (lp - gen_lp).abs().max().item() < tol
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lm_head" in n or "embed" in n}
+    loss = -(response_logprobs(model, inputs, ids, mask) * mask).sum() / mask.sum()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+def test_attn_choice():
+    assert pick_attn_implementation("auto", "cpu") == "sdpa"
+    assert pick_attn_implementation("eager", "cpu") == "eager"
+
+
+def test_prompt_render(tiny_models):
+    proc = load_processor(tiny_models("qwen2_5_vl"))
+    text = render_prompt(proc, build_problem("x"))
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>To accurately")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "<think>" not in proc.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+
+
+def test_qwen35_prompt_disables_thinking(tiny_models):
+    proc = load_processor(tiny_models("qwen3_5"))
+    assert render_prompt(proc, build_problem("x")).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
