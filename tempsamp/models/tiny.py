@@ -31,8 +31,8 @@ def chat_template(family: str = "qwen3_5") -> str:
     like the real templates: Qwen2.5-VL / Qwen3-VL instruct ignore it."""
     text = resources.files("tempsamp.models").joinpath("templates/qwen_vl_chat.jinja").read_text()
     if family != "qwen3_5":
-        start = text.index("{% if enable_thinking")
-        end = text.index("{% endif -%}", start) + len("{% endif -%}")
+        start = text.index("{%- if enable_thinking")
+        end = text.index("{%- endif -%}", start) + len("{%- endif -%}")
         text = text[:start] + text[end:]
     return text
 
