@@ -54,9 +54,10 @@ def tiny_config(family: str, hidden: int = 128, layers: int = 2, vision_depth: i
                              rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                               "mrope_section": [4, 6, 6]},
                              eos_token_id=TOKENS["eos"], pad_token_id=TOKENS["pad"], bos_token_id=TOKENS["pad"]),
-            vision_config=dict(depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=2,
+            vision_config=dict(depth=vision_depth, hidden_size=160, intermediate_size=256, num_heads=2,
                                out_hidden_size=hidden, patch_size=14, spatial_merge_size=2,
-                               temporal_patch_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1]),
+                               temporal_patch_size=2, window_size=112,
+                               fullatt_block_indexes=list(range(vision_depth))),
             tie_word_embeddings=True, **_ids(),
         )
     if family == "qwen3_vl":

@@ -1,0 +1,1 @@
+"""Rollout backends: vLLM engine (default) and HF generate, behind one interface."""

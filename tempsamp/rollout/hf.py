@@ -1,0 +1,66 @@
+"""HF (transformers generate) rollout engine — same interface as the vLLM engine."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.loading import load_model, load_processor
+from ..models.policy import PromptInputs, build_inputs, generate
+from ..sync.weights import SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
+from .base import RolloutGroup, SamplingSpec
+
+
+class HFEngine:
+    def __init__(self, model_dir: str, dtype: str = "float32", device: str = "cpu", name: str = "hf-0",
+                 attn_implementation: str = "auto"):
+        self.model = load_model(model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        self.model.eval()
+        self.processor = load_processor(model_dir)
+        tok = self.processor.tokenizer
+        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.name, self.version, self.device = name, 0, device
+        self._pg = None
+
+    def inputs(self, prompt_text: str, video) -> PromptInputs:
+        return build_inputs(self.processor, prompt_text, video)
+
+    def generate(self, requests: list, videos: list, spec: SamplingSpec) -> list[RolloutGroup]:
+        groups = []
+        for i, (req, video) in enumerate(zip(requests, videos)):
+            inp = self.inputs(req.prompt_text, video)
+            seed = None if spec.seed is None else spec.seed + req.key
+            ids, mask, lp = generate(self.model, inp, n=spec.n, max_new_tokens=spec.max_new_tokens,
+                                     temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
+                                     eos_id=self.eos_id, pad_id=self.pad_id, greedy=spec.greedy, seed=seed)
+            lens = mask.sum(1).tolist()
+            rows = [ids[r, : lens[r]].tolist() for r in range(ids.shape[0])]
+            groups.append(RolloutGroup(
+                key=req.key, response_ids=rows,
+                texts=self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True),
+                logprobs=[lp[r, : lens[r]].tolist() for r in range(ids.shape[0])],
+                weight_version=self.version, engine=self.name))
+        return groups
+
+    def init_weight_group(self, host, port, rank, world_size, backend, timeout_s) -> bool:
+        self._pg, self._store = make_group(host, port, rank, world_size, backend, timeout_s)
+        return True
+
+    def receive_weights(self, plan: SyncPlan) -> dict:
+        if self._pg is None:
+            raise WeightSyncError(f"{self.name}: weight group not initialised")
+        n = 0
+        for named in receive_plan(self._pg, plan, device=self.device):
+            n += load_into_hf(self.model, named)
+        self.version = plan.version
+        return {"version": plan.version, "tensors": n}
+
+    def named_weights(self, names: list[str]) -> dict:
+        from ..sync.weights import memory_name
+
+        params = dict(self.model.named_parameters())
+        return {n: params[memory_name(n)].detach().float().clone() for n in names if memory_name(n) in params}
+
+    @torch.no_grad()
+    def weight_version(self) -> int:
+        return self.version

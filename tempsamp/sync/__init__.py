@@ -1,0 +1,1 @@
+"""Learner -> rollout weight synchronisation."""

@@ -1,0 +1,183 @@
+"""Bucketed, versioned, checksummed weight broadcast from learner rank 0 to every rollout engine.
+
+One process group (learner rank 0 + one rank per rollout worker) separate from the learner's own
+FSDP group, built from a TCPStore + PrefixStore; NCCL on CUDA, gloo on CPU — same code.
+Tensors of any dtype are packed as raw bytes into flat uint8 buckets of `bucket_mb`, so one
+collective moves many tensors; every bucket carries a checksum, every sync a version.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from typing import Iterable
+
+import msgspec
+import torch
+import torch.distributed as dist
+
+
+class WeightSyncError(RuntimeError):
+    pass
+
+
+class TensorSpec(msgspec.Struct, frozen=True):
+    name: str  # checkpoint name (what vLLM's load_weights and HF load expect)
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # byte offset in its bucket
+    nbytes: int
+
+
+class BucketSpec(msgspec.Struct, frozen=True):
+    nbytes: int
+    checksum: int
+    tensors: tuple[TensorSpec, ...]
+
+
+class SyncPlan(msgspec.Struct, frozen=True):
+    version: int
+    buckets: tuple[BucketSpec, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buckets)
+
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16,
+                                                        torch.float64, torch.int64, torch.int32, torch.uint8)}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def make_group(host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
+               timeout_s: float = 600.0, name: str = "tempsamp-weights", device: torch.device | None = None):
+    """A standalone process group (does not touch the default group). Returns (group, store)."""
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout,
+                          wait_for_workers=False)
+    prefix = dist.PrefixStore(name, store)
+    if backend == "gloo":
+        pg = dist.ProcessGroupGloo(prefix, rank, world_size, timeout)
+    elif backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        pg = dist.ProcessGroupNCCL(prefix, rank, world_size, opts)
+        if device is not None:  # eager init so the first broadcast does not stall
+            pg.broadcast(torch.zeros(1, device=device), 0).wait()
+    else:
+        raise ValueError(f"unknown weight-sync backend {backend!r}")
+    return pg, store
+
+
+def checksum(buf: torch.Tensor) -> int:
+    """Position-weighted byte sum; cheap on CPU and GPU, catches reordering and corruption."""
+    b = buf.view(torch.uint8).to(torch.int64)
+    w = torch.arange(b.numel(), device=b.device, dtype=torch.int64) % 251 + 1
+    return int((b * w).sum().item())
+
+
+def to_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
+                 version: int) -> tuple[SyncPlan, list[torch.Tensor]]:
+    """Pack tensors into flat uint8 buckets (each <= bucket_bytes unless one tensor is larger)."""
+    buckets: list[BucketSpec] = []
+    bufs: list[torch.Tensor] = []
+    cur: list[tuple[str, torch.Tensor]] = []
+    cur_bytes = 0
+
+    def flush():
+        nonlocal cur, cur_bytes
+        if not cur:
+            return
+        specs, parts, off = [], [], 0
+        for name, t in cur:
+            raw = to_bytes(t)
+            specs.append(TensorSpec(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), off, raw.numel()))
+            parts.append(raw)
+            off += raw.numel()
+        buf = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        buckets.append(BucketSpec(nbytes=off, checksum=checksum(buf), tensors=tuple(specs)))
+        bufs.append(buf)
+        cur, cur_bytes = [], 0
+
+    for name, t in named:
+        n = t.numel() * t.element_size()
+        if cur and cur_bytes + n > bucket_bytes:
+            flush()
+        cur.append((name, t))
+        cur_bytes += n
+    flush()
+    return SyncPlan(version=version, buckets=tuple(buckets)), bufs
+
+
+def unpack_bucket(spec: BucketSpec, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    out = []
+    for ts in spec.tensors:
+        raw = buf[ts.offset: ts.offset + ts.nbytes]
+        out.append((ts.name, raw.view(_DTYPES[ts.dtype]).reshape(ts.shape)))
+    return out
+
+
+def send_plan(pg, bufs: list[torch.Tensor]) -> None:
+    """Rank 0 side: broadcast every bucket buffer in order."""
+    for buf in bufs:
+        pg.broadcast(buf, 0).wait()
+
+
+def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify: bool = True):
+    """Receiver side: yields (name, tensor) for each bucket as it arrives; checks checksums."""
+    for i, spec in enumerate(plan.buckets):
+        buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
+        pg.broadcast(buf, 0).wait()
+        if verify:
+            got = checksum(buf)
+            if got != spec.checksum:
+                raise WeightSyncError(f"weight sync v{plan.version}: bucket {i} checksum {got} != {spec.checksum}")
+        yield unpack_bucket(spec, buf)
+
+
+# ---- names ---------------------------------------------------------------------------------
+# transformers 5 keeps `model.language_model.*` / `model.visual.*` in memory but saves (and vLLM
+# loads) `model.*` / `visual.*`.
+def checkpoint_name(name: str) -> str:
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return "visual." + name[len("model.visual."):]
+    return name
+
+
+def memory_name(name: str) -> str:
+    if name.startswith("visual."):
+        return "model.visual." + name[len("visual."):]
+    if name.startswith("model.") and not name.startswith(("model.language_model.", "model.visual.")):
+        return "model.language_model." + name[len("model."):]
+    return name
+
+
+def syncable(name: str, param: torch.nn.Parameter, skip_frozen: bool, tied: set[str]) -> bool:
+    if name in tied:
+        return False
+    return param.requires_grad or not skip_frozen
+
+
+def load_into_hf(model: torch.nn.Module, named: Iterable[tuple[str, torch.Tensor]]) -> int:
+    """Copy checkpoint-named tensors into an HF model in place. Returns the count."""
+    params = dict(model.named_parameters())
+    n = 0
+    for name, t in named:
+        key = memory_name(name)
+        if key not in params:
+            raise WeightSyncError(f"weight sync: model has no parameter {key} (from {name})")
+        with torch.no_grad():
+            params[key].copy_(t.to(params[key].dtype))
+        n += 1
+    return n
