@@ -80,7 +80,6 @@ class AlgorithmConfig(_S):
     # None = follow `name` (tempsamp -> on). Set explicitly to ablate one component.
     use_gt_injection: bool | None = None
     gt_index: int = -1  # slot replaced by the GT response in each group (-1 = last, n-1)
-    gt_logprob_mode: Literal["current", "behaviour"] = "current"  # current = the original (ratio 1)
     adv_eps: float = 1e-6
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28

@@ -33,8 +33,8 @@ def family_of(processor_or_model) -> str:
 def render_prompt(processor, problem: str, thinking: bool = False) -> str:
     """Chat-templated prompt text (generation prompt added, thinking disabled)."""
     msgs = [{"role": "user", "content": split_problem(problem)}]
-    return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=thinking)
+    kw = {"enable_thinking": thinking} if "enable_thinking" in (processor.chat_template or "") else {}
+    return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
 
 
 @dataclass

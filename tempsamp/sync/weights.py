@@ -9,6 +9,7 @@ collective moves many tensors; every bucket carries a checksum, every sync a ver
 from __future__ import annotations
 
 import socket
+import zlib
 from datetime import timedelta
 from typing import Iterable
 
@@ -75,10 +76,15 @@ def make_group(host: str, port: int, rank: int, world_size: int, backend: str = 
 
 
 def checksum(buf: torch.Tensor) -> int:
-    """Position-weighted byte sum; cheap on CPU and GPU, catches reordering and corruption."""
-    b = buf.view(torch.uint8).to(torch.int64)
-    w = torch.arange(b.numel(), device=b.device, dtype=torch.int64) % 251 + 1
-    return int((b * w).sum().item())
+    """CRC32 of the bucket bytes on CPU (~GB/s); on GPU a position-weighted sum over int32 words
+    (no host copy). Catches corruption, truncation and reordering."""
+    if buf.device.type == "cpu":
+        return zlib.crc32(buf.view(torch.uint8).numpy())
+    n = buf.numel() // 4 * 4
+    words = buf[:n].view(torch.int32).to(torch.int64)
+    w = torch.arange(words.numel(), device=buf.device, dtype=torch.int64) % 65521 + 1
+    tail = buf[n:].to(torch.int64).sum()
+    return int(((words * w).sum() + tail).item()) & 0xFFFFFFFFFFFF
 
 
 def to_bytes(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,35 @@
+"""DecodeActor: decode (or cache-load) a video once; the returned sample lives in the object store
+and its ObjectRef is handed to both rollout and learner (no second decode)."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from ..data.cache import VideoSource
+from ..data.video import VideoParams, VideoSample
+
+
+class DecodeCore:
+    def __init__(self, params: VideoParams, cache_dir: str = "", mode: str = "realtime_only", rebuild: bool = False):
+        self.source = VideoSource(params, cache_dir, mode, rebuild)
+        self.decoded = 0
+        self.seconds = 0.0
+
+    def decode(self, path: str) -> VideoSample:
+        t = time.time()
+        s = self.source.load(path)
+        self.seconds += time.time() - t
+        self.decoded += 1
+        return s
+
+    def stats(self) -> dict:
+        return {"decoded": self.decoded, "seconds": self.seconds, "cache_hits": self.source.hits,
+                "cache_misses": self.source.misses, "cache_rebuilt": self.source.rebuilt}
+
+
+@ray.remote
+class DecodeActor(DecodeCore):
+    def ping(self) -> bool:
+        return True

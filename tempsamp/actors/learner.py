@@ -1,0 +1,64 @@
+"""LearnerActor: one FSDP2 rank (core: learner_core.LearnerCore)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+
+from ..sync.weights import free_port, make_group
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self):
+        self.core = None
+        self.pg = None
+
+    def node_address(self) -> str:
+        return "127.0.0.1" if os.environ.get("TEMPSAMP_LOOPBACK", "1") == "1" else socket.gethostbyname(socket.gethostname())
+
+    def free_port(self) -> int:
+        return free_port()
+
+    def ping(self) -> dict:
+        return {"pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+    def setup(self, cfg, model_dir: str, rank: int, world: int, dist_addr: str, total_steps: int) -> bool:
+        from ..learner_core import LearnerCore
+
+        self.core = LearnerCore(cfg, model_dir, rank, world, dist_addr, total_steps)
+        return True
+
+    def train_step(self, batch) -> dict:
+        keys = [g.key for g in batch.groups]
+        samples = ray.get([g.video for g in batch.groups])  # object store, no decode
+        return self.core.train_step(batch, dict(zip(keys, samples)))
+
+    def init_weight_group(self, host, port, world_size, backend, timeout_s) -> bool:
+        self.pg, self._store = make_group(host, port, 0, world_size, backend, timeout_s)
+        return True
+
+    def prepare_sync(self, version: int, bucket_mb: int, trainable_only: bool):
+        return self.core.prepare_sync(version, bucket_mb, trainable_only)
+
+    def send_sync(self) -> float:
+        return self.core.send_sync(self.pg)
+
+    def named_weights(self, names: list[str]) -> dict:
+        from ..learner_core import _full
+        from ..sync.weights import memory_name
+
+        params = dict(self.core.model.named_parameters())
+        return {n: _full(params[memory_name(n)].detach()).float().cpu().clone() for n in names}
+
+    def save_shard(self, ckpt_dir: str) -> str:
+        return self.core.save_shard(ckpt_dir)
+
+    def load_shard(self, ckpt_dir: str) -> int:
+        return self.core.load_shard(ckpt_dir)
+
+    def export_hf(self, out_dir: str):
+        return self.core.export_hf(out_dir)

@@ -1,0 +1,32 @@
+"""RewardActor: IoU+format reward, shaping, GT injection, group advantages (core: algo/batch.py)."""
+
+from __future__ import annotations
+
+import ray
+
+from ..algo.batch import TrainBatch, build_train_batch
+
+
+@ray.remote
+class RewardActor:
+    def __init__(self, model_dir: str, n: int, gt_injection: bool, reward_cfg: dict, algo_cfg: dict):
+        from ..models.loading import load_processor
+
+        tok = load_processor(model_dir).tokenizer
+        self.encode = lambda text: tok.encode(text, add_special_tokens=False)
+        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.n, self.gt_injection = n, gt_injection
+        self.r, self.a = reward_cfg, algo_cfg
+
+    def score(self, step: int, answers: list, prompt_texts: list, videos: list, *rollouts) -> TrainBatch:
+        """`videos` is a list of ObjectRefs (kept as refs: the learner fetches them); `rollouts` are
+        top-level refs of each engine's list[RolloutGroup]."""
+        groups = [g for part in rollouts for g in part]
+        return build_train_batch(
+            groups, [tuple(a) for a in answers], prompt_texts, videos, n=self.n, step=step, encode=self.encode,
+            eos_id=self.eos_id, pad_id=self.pad_id, gt_injection=self.gt_injection, gt_index=self.a["gt_index"],
+            format_weight=self.r["format_weight"], strict_format=self.r["strict_format"], shaping=self.r["shaping"],
+            shaping_threshold=self.r["shaping_threshold"], shaping_alpha=self.r["shaping_alpha"],
+            adv_eps=self.a["adv_eps"],
+        )

@@ -1,0 +1,56 @@
+"""RolloutActor: one engine (vLLM or HF) generating n responses per prompt; weight-sync receiver."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+
+from ..rollout.base import PromptRequest, RolloutGroup, SamplingSpec
+
+
+@ray.remote
+class RolloutActor:
+    def __init__(self, backend: str, model_dir: str, name: str, engine_kwargs: dict):
+        self.name = name
+        if backend == "vllm":
+            from ..rollout.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_dir, name=name, **engine_kwargs)
+        elif backend == "hf":
+            from ..rollout.hf import HFEngine
+
+            self.engine = HFEngine(model_dir, name=name, **engine_kwargs)
+        else:
+            raise ValueError(f"unknown rollout backend {backend!r} (vllm | hf)")
+        self.generated = 0
+        self.seconds = 0.0
+
+    def ping(self) -> dict:
+        return {"name": self.name, "pid": os.getpid(), "version": self.engine.version,
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+    def generate(self, requests: list[PromptRequest], spec: SamplingSpec, *videos) -> list[RolloutGroup]:
+        """`videos` are passed as top-level ObjectRefs, so Ray resolves them from the object store."""
+        t = time.time()
+        out = self.engine.generate(requests, list(videos), spec)
+        self.seconds += time.time() - t
+        self.generated += sum(len(g.response_ids) for g in out)
+        return out
+
+    def init_weight_group(self, host, port, rank, world_size, backend, timeout_s) -> bool:
+        return self.engine.init_weight_group(host, port, rank, world_size, backend, timeout_s)
+
+    def receive_weights(self, plan) -> dict:
+        return self.engine.receive_weights(plan)
+
+    def named_weights(self, names: list[str]) -> dict:
+        return self.engine.named_weights(names)
+
+    def weight_version(self) -> int:
+        return self.engine.version
+
+    def stats(self) -> dict:
+        return {"generated": self.generated, "seconds": self.seconds, "version": self.engine.version}

@@ -1,0 +1,1 @@
+"""Placement: cluster shape + config -> placement groups and bundles per role."""
