@@ -168,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     from .data.cache import CacheMismatchError, CacheMissError
     from .data.records import RecordError
     from .data.video import VideoDecodeError
+    from .models.loading import ModelLoadError
+    from .placement.plan import PlacementError
 
     try:
         return handlers[a.cmd](a)
-    except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError) as e:
+    except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError, PlacementError,
+            ModelLoadError) as e:
         print(f"tempsamp {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

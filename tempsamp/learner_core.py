@@ -163,7 +163,7 @@ class LearnerCore:
                             ref_lp = response_logprobs(self.ref, inp, ids, mask)
                         kl = (kl_penalty(lp, ref_lp, ac.kl_type) * m).sum() / denom
                         loss = loss + ac.kl_coef * kl
-                        metrics["kl"] += float(kl) * self.world
+                        metrics["kl"] += float(kl) / self.world / max(1, cfg.learner.ppo_epochs)
                     if not dummy:
                         with torch.no_grad():
                             gmask = m * torch.as_tensor(g.is_gt[sl]).to(lp.device)[:, None].to(m.dtype)
@@ -174,8 +174,9 @@ class LearnerCore:
                     if dummy:
                         loss = loss * 0.0
                     else:
-                        metrics["loss"] += float(loss) * self.world / max(1, cfg.learner.ppo_epochs)
-                        metrics["clipfrac"] += pm["clipfrac"] * float(m.sum()) / total_tokens * self.world
+                        # local loss is scaled by world (FSDP averages grads); report this rank's share
+                        metrics["loss"] += float(loss) / self.world / max(1, cfg.learner.ppo_epochs)
+                        metrics["clipfrac"] += pm["clipfrac"] * float(m.sum()) / total_tokens / max(1, cfg.learner.ppo_epochs)
                     loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.learner.grad_clip)
                 gnorm = float(_full(gnorm))
@@ -188,10 +189,11 @@ class LearnerCore:
         self.sched.step()
         self.step += 1
         if self.world > 1:
-            t = torch.tensor([gt_lp_sum, gt_tok, on_lp_sum, on_tok], dtype=torch.float64,
+            t = torch.tensor([gt_lp_sum, gt_tok, on_lp_sum, on_tok, metrics["loss"], metrics["clipfrac"],
+                              metrics["kl"]], dtype=torch.float64,
                              device=self.device if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(t)
-            gt_lp_sum, gt_tok, on_lp_sum, on_tok = t.tolist()
+            gt_lp_sum, gt_tok, on_lp_sum, on_tok, metrics["loss"], metrics["clipfrac"], metrics["kl"] = t.tolist()
         metrics["gt_logp_per_token"] = gt_lp_sum / gt_tok if gt_tok else float("nan")
         metrics["onpolicy_logp_per_token"] = on_lp_sum / on_tok if on_tok else float("nan")
         metrics.update({"grad_norm": gnorm, "lr": self.sched.get_last_lr()[0], "updates": updates,

@@ -116,9 +116,11 @@ def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, r
         visual["mm_token_type_ids"] = torch.cat(
             [inputs.mm_token_type_ids.expand(B, P), torch.zeros(B, L, dtype=inputs.mm_token_type_ids.dtype)], 1
         ).to(device)
-    out = model.model(input_ids=ids, attention_mask=attn, use_cache=False, **visual)
-    hidden = out.last_hidden_state[:, P - 1: P - 1 + L]  # positions predicting response tokens
-    logits = model.lm_head(hidden).float()
+    # The root forward (so FSDP's root hooks run) with logits only at the response positions:
+    # all rows share the prompt length, so one index tensor serves the whole batch.
+    keep = torch.arange(P - 1, P - 1 + L, device=device)
+    out = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep, **visual)
+    logits = out.logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)

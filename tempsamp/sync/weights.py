@@ -49,6 +49,9 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloa
                                                         torch.float64, torch.int64, torch.int32, torch.uint8)}
 
 
+ALIGN = 16
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -105,6 +108,10 @@ def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
             return
         specs, parts, off = [], [], 0
         for name, t in cur:
+            pad = -off % ALIGN  # every tensor starts aligned, so its bytes can be viewed as its dtype
+            if pad:
+                parts.append(torch.zeros(pad, dtype=torch.uint8, device=t.device))
+                off += pad
             raw = to_bytes(t)
             specs.append(TensorSpec(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), off, raw.numel()))
             parts.append(raw)

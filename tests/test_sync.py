@@ -1,0 +1,131 @@
+import threading
+
+import pytest
+import torch
+
+from tempsamp.sync.weights import (WeightSyncError, checkpoint_name, checksum, free_port, make_group, memory_name,
+                                   pack_buckets, receive_plan, send_plan, unpack_bucket)
+
+
+def _named():
+    torch.manual_seed(0)
+    return [("a", torch.randn(300, 7)), ("b", torch.randn(5).to(torch.bfloat16)), ("c", torch.arange(11)),
+            ("d", torch.randn(1000)), ("e", torch.randn(2, 3, 4).half())]
+
+
+def test_pack_roundtrip_mixed_dtypes_and_bucket_limits():
+    named = _named()
+    plan, bufs = pack_buckets(named, bucket_bytes=4096, version=3)
+    assert plan.version == 3 and len(plan.buckets) >= 2
+    assert all(b.nbytes <= 8400 for b in plan.buckets)  # one oversized tensor may exceed the budget alone
+    got = dict(kv for spec, buf in zip(plan.buckets, bufs) for kv in unpack_bucket(spec, buf))
+    for k, t in named:
+        assert got[k].dtype == t.dtype and torch.equal(got[k], t)
+    raw = sum(t.numel() * t.element_size() for _, t in named)
+    assert raw <= plan.nbytes < raw + 16 * len(named)  # only alignment padding added
+
+
+def test_checksum_detects_corruption():
+    buf = torch.arange(1000, dtype=torch.int32).view(torch.uint8)
+    c = checksum(buf)
+    bad = buf.clone()
+    bad[17] ^= 1
+    assert checksum(bad) != c and checksum(buf.clone()) == c
+
+
+def test_names_roundtrip():
+    for n in ["model.language_model.layers.0.mlp.up_proj.weight", "model.visual.blocks.0.attn.qkv.weight", "lm_head.weight"]:
+        assert memory_name(checkpoint_name(n)) == n
+    assert checkpoint_name("model.language_model.embed_tokens.weight") == "model.embed_tokens.weight"
+    assert checkpoint_name("model.visual.merger.mlp.0.bias") == "visual.merger.mlp.0.bias"
+
+
+def _pair(world=3):
+    port = free_port()
+    groups = [None] * world
+
+    def join(r):
+        groups[r] = make_group("127.0.0.1", port, r, world, "gloo", 30)[0]
+
+    ts = [threading.Thread(target=join, args=(r,)) for r in range(1, world)]
+    for t in ts:
+        t.start()
+    join(0)
+    for t in ts:
+        t.join()
+    return groups
+
+
+def test_gloo_broadcast_to_two_receivers():
+    groups = _pair(3)
+    named = _named()
+    plan, bufs = pack_buckets(named, 2048, version=1)
+    got = [{}, {}]
+
+    def recv(i):
+        for part in receive_plan(groups[i + 1], plan):
+            got[i].update(dict(part))
+
+    ts = [threading.Thread(target=recv, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    send_plan(groups[0], bufs)
+    for t in ts:
+        t.join()
+    for g in got:
+        for k, t in named:
+            assert torch.equal(g[k], t)
+
+
+def test_checksum_mismatch_is_an_error():
+    groups = _pair(2)
+    plan, bufs = pack_buckets(_named(), 1 << 20, version=2)
+    bufs[0][5] ^= 7  # corrupted after the plan (and its checksum) was made
+    err = []
+
+    def recv():
+        try:
+            for _ in receive_plan(groups[1], plan):
+                pass
+        except WeightSyncError as e:
+            err.append(str(e))
+
+    t = threading.Thread(target=recv)
+    t.start()
+    send_plan(groups[0], bufs)
+    t.join()
+    assert err and "checksum" in err[0] and "v2" in err[0]
+
+
+@pytest.mark.slow
+def test_hf_engine_weights_equal_learner_after_sync(tiny_models):
+    from tempsamp.models.loading import load_model
+    from tempsamp.rollout.hf import HFEngine
+
+    path = tiny_models("qwen2_5_vl")
+    learner = load_model(path)
+    eng = HFEngine(path)
+    groups = [None, None]
+    port = free_port()
+    t = threading.Thread(target=lambda: eng.init_weight_group("127.0.0.1", port, 1, 2, "gloo", 30))
+    t.start()
+    groups[0] = make_group("127.0.0.1", port, 0, 2, "gloo", 30)[0]
+    t.join()
+    for version in (1, 2):
+        with torch.no_grad():
+            for n, p in learner.named_parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        named = [(checkpoint_name(n), p.detach()) for n, p in learner.named_parameters() if "visual" not in n]
+        plan, bufs = pack_buckets(named, 1 << 20, version)
+        th = threading.Thread(target=lambda: eng.receive_weights(plan))
+        th.start()
+        send_plan(groups[0], bufs)
+        th.join()
+        assert eng.version == version
+        ours = dict(learner.named_parameters())
+        theirs = dict(eng.model.named_parameters())
+        for n, p in ours.items():
+            if "visual" in n:
+                assert not torch.equal(p, theirs[n])  # frozen tower is not sent
+            else:
+                assert torch.equal(p, theirs[n]), n
