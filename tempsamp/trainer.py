@@ -284,7 +284,8 @@ class Trainer:
             for k, v in stage.items():
                 self.timings[k] += v
             rows = batch_metrics["batch/rows"]
-            row = {"step": step, "epoch": info["epoch"], "version": self.version, **batch_metrics,
+            row = {"step": step, "epoch": info["epoch"], "version": self.version, "batch/indices": info["indices"],
+                   **batch_metrics,
                    **{f"learn/{k}": v for k, v in learn.items()}, **sync,
                    **{f"time/{k}": v for k, v in stage.items()}, "time/step": t_sync - t0,
                    "throughput/samples_per_s": rows / max(1e-9, t_sync - t0),

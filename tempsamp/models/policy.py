@@ -50,9 +50,12 @@ class PromptInputs:
         return int(self.input_ids.shape[1])
 
 
-def build_inputs(processor, prompt_text: str, video: VideoSample) -> PromptInputs:
-    out = processor(text=[prompt_text], videos=[video.frames], video_metadata=[video.meta.hf_metadata()],
-                    do_sample_frames=False, do_resize=False, return_tensors="pt")
+def build_inputs(processor, prompt_text: str, video: VideoSample | None) -> PromptInputs:
+    if video is None:  # text-only prompt (diagnostics, weight-sync checks)
+        out = processor(text=[prompt_text], return_tensors="pt")
+    else:
+        out = processor(text=[prompt_text], videos=[video.frames], video_metadata=[video.meta.hf_metadata()],
+                        do_sample_frames=False, do_resize=False, return_tensors="pt")
     visual = {k: out[k] for k in VISUAL_KEYS if k in out}
     return PromptInputs(input_ids=out["input_ids"], visual=visual, mm_token_type_ids=out.get("mm_token_type_ids"))
 

@@ -93,6 +93,8 @@ class VLLMEngine:
 
     @staticmethod
     def _prompt(prompt_text: str, video) -> dict:
+        if video is None:
+            return {"prompt": prompt_text}
         return {"prompt": prompt_text,
                 "multi_modal_data": {"video": [(video.frames, video.meta.hf_metadata())]},
                 "mm_processor_kwargs": {"do_sample_frames": False, "do_resize": False}}
