@@ -33,6 +33,16 @@ def test_reward_never_raises(text):
     parse_span_eval(text)
 
 
+def test_parse_is_fast_on_adversarial_output():
+    import time
+
+    t = time.perf_counter()
+    for text in ("<answer>" * 20000, "<answer>" + "1 " * 50000, "9" * 100000 + " to 1"):
+        grounding_reward(text, (1.0, 2.0))
+        parse_span_eval(text)
+    assert time.perf_counter() - t < 5.0
+
+
 def test_iou_and_score():
     assert temporal_iou((0, 10), (5, 15)) == pytest.approx(5 / 15)
     assert temporal_iou((0, 1), (2, 3)) == 0.0

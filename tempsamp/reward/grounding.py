@@ -15,9 +15,12 @@ import re
 
 import msgspec
 
-MAX_CHARS = 200_000  # longer outputs are cut before parsing (regexes stay linear, memory bounded)
-_N = r"(\d+(?:\.\d+)?|\.\d+)"
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# Responses are capped by max_new_tokens (256 train / 512 eval, ~15 k chars at most); anything longer
+# is junk and only its head is parsed, which bounds the eval regex's worst case.
+MAX_CHARS = 20_000
+# Bounded digit runs that must start at a run boundary: every regex here stays linear on digit floods
+# (an unbounded \d+ backtracks quadratically on "999...9"); numbers with > 12 digits are not spans.
+_N = r"(?<![\d.])(\d{1,12}(?:\.\d{1,9})?|\.\d{1,9})(?!\d)"
 _TO_AND = re.compile(_N + r"\s*(?:to|and)\s*" + _N)
 _DASH = re.compile(_N + r"\s*-\s*" + _N)
 _NUMS = re.compile(_N)
@@ -56,13 +59,22 @@ def _pair_in(text: str) -> tuple[float, float] | None:
     return None
 
 
+def _first_answer_block(text: str) -> str | None:
+    """Same as re.search(r"<answer>(.*?)</answer>", text, re.DOTALL).group(1), in linear time."""
+    i = text.find("<answer>")
+    if i < 0:
+        return None
+    j = text.find("</answer>", i + 8)
+    return None if j < 0 else text[i + 8: j]
+
+
 def parse_span(text: str) -> tuple[float, float] | None:
     """Training parse. Returns (start, end) as written (may be reversed) or None."""
     if not isinstance(text, str) or not text:
         return None
     text = text[:MAX_CHARS]
-    m = _ANSWER.search(text)
-    return _pair_in(m.group(1) if m else text)
+    block = _first_answer_block(text)
+    return _pair_in(block if block is not None else text)
 
 
 def has_format(text: str, strict: bool = False) -> bool:
@@ -72,8 +84,8 @@ def has_format(text: str, strict: bool = False) -> bool:
     text = text[:MAX_CHARS]
     if strict:
         return _STRICT.match(text) is not None
-    m = _ANSWER.search(text)
-    return m is not None and _pair_in(m.group(1)) is not None
+    block = _first_answer_block(text)
+    return block is not None and _pair_in(block) is not None
 
 
 def temporal_iou(a: tuple[float, float] | None, b: tuple[float, float] | None) -> float:
@@ -100,7 +112,7 @@ def grounding_reward(response: str, answer: str | tuple[float, float], format_we
 
 # ---- original eval protocol -------------------------------------------------------------------
 _EVAL_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>")  # no DOTALL, as the original
-_TS = r"((?:\d+:)?\d+:\d+(?:\.\d+)?)"
+_TS = r"(?<!\d)((?:\d{1,6}:)?\d{1,6}:\d{1,6}(?:\.\d{1,6})?)"
 _EVAL_TS_PAIR = re.compile(_TS + r".*?" + _TS)
 _EVAL_DASH = re.compile(_N + r"\s*-\s*" + _N)
 _EVAL_TO = re.compile(_N + r"\s*to\s*" + _N)
@@ -118,7 +130,7 @@ def parse_span_eval(text: str) -> tuple[float, float] | None:
     if not isinstance(text, str) or not text:
         return None
     text = text[:MAX_CHARS].lower()
-    m = _EVAL_ANSWER.search(text)
+    m = _EVAL_ANSWER.search(text) if "</answer>" in text else None
     body = m.group(1) if m else text
     try:
         ts = _EVAL_TS_PAIR.search(body)

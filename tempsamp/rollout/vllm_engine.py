@@ -70,8 +70,14 @@ class WeightSyncExtension:
         return getattr(self, "_ts_version", 0)
 
     def ts_named_weights(self, names: list[str]) -> dict:
+        """Weights by checkpoint name (vLLM's own module names add a prefix, e.g. `language_model.`)."""
         params = dict(self.model_runner.model.named_parameters())
-        return {n: params[n].detach().float().cpu().clone() for n in names if n in params}
+        out = {}
+        for n in names:
+            hits = [k for k in params if k == n or k.endswith("." + n)]
+            if len(hits) == 1:
+                out[n] = params[hits[0]].detach().float().cpu().clone()
+        return out
 
 
 class VLLMEngine:
