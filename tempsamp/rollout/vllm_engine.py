@@ -76,7 +76,7 @@ class WeightSyncExtension:
         for n in names:
             hits = [k for k in params if k == n or k.endswith("." + n)]
             if len(hits) == 1:
-                out[n] = params[hits[0]].detach().float().cpu().clone()
+                out[n] = params[hits[0]].detach().float().cpu().tolist()
         return out
 
 
@@ -141,4 +141,6 @@ class VLLMEngine:
         return res[0]
 
     def named_weights(self, names: list[str]) -> dict:
-        return self.llm.collective_rpc("ts_named_weights", args=(names,))[0]
+        # tensors cross vLLM's RPC as nested lists; rebuild them (diagnostics/tests only)
+        got = self.llm.collective_rpc("ts_named_weights", args=(names,))[0]
+        return {k: v if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float32) for k, v in got.items()}
