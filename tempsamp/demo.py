@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
-PLOT_KEYS = [("reward/score_mean_no_gt", "on-policy score (no GT rows)"),
+PLOT_KEYS = [("reward/raw_score_mean_no_gt", "on-policy IoU + 0.1 format (unshaped)"),
              ("reward/iou_mean_no_gt", "on-policy IoU"),
              ("reward/format_rate_no_gt", "on-policy format rate"),
              ("learn/gt_logp_per_token", "log-prob of GT answer tokens")]
@@ -44,8 +44,8 @@ def write_report(logs: dict[str, list[dict]], out: Path) -> tuple[Path, Path]:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     algos = list(logs)
-    head = "| step | " + " | ".join(f"{a} score | {a} IoU | {a} format" for a in algos) + " |"
-    sep = "|---|" + "---|" * (3 * len(algos))
+    head = "| step | " + " | ".join(f"{a} score | {a} IoU | {a} format | {a} GT logp" for a in algos) + " |"
+    sep = "|---|" + "---|" * (4 * len(algos))
     lines = [head, sep]
     steps = sorted({r["step"] for rows in logs.values() for r in rows})
     by = {a: {r["step"]: r for r in rows} for a, rows in logs.items()}
@@ -53,12 +53,15 @@ def write_report(logs: dict[str, list[dict]], out: Path) -> tuple[Path, Path]:
         cells = []
         for a in algos:
             r = by[a].get(s, {})
-            cells += [f"{r.get('reward/score_mean_no_gt', float('nan')):.3f}",
+            cells += [f"{r.get('reward/raw_score_mean_no_gt', float('nan')):.3f}",
                       f"{r.get('reward/iou_mean_no_gt', float('nan')):.3f}",
-                      f"{r.get('reward/format_rate_no_gt', float('nan')):.2f}"]
+                      f"{r.get('reward/format_rate_no_gt', float('nan')):.2f}",
+                      f"{r.get('learn/gt_logp_per_token', float('nan')):.2f}"]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     md = out / "demo_table.md"
-    md.write_text("On-policy rows only (GT rows excluded).\n\n" + "\n".join(lines) + "\n")
+    md.write_text("On-policy rows only (GT rows excluded); score = IoU + 0.1 x format, unshaped, so both runs "
+                  "are on one scale. GT logp = mean log-prob per token of the injected GT answer (TempSamp only).\n\n"
+                  + "\n".join(lines) + "\n")
     return png, md
 
 
@@ -105,7 +108,7 @@ def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = 
     for algo, rows in logs.items():
         last = rows[-3:]
         mean = lambda k: sum(r[k] for r in last) / len(last)  # noqa: E731
-        print(f"{algo:9s} last-3-step mean: score {mean('reward/score_mean_no_gt'):.3f} "
+        print(f"{algo:9s} last-3-step mean: score {mean('reward/raw_score_mean_no_gt'):.3f} "
               f"IoU {mean('reward/iou_mean_no_gt'):.3f} format {mean('reward/format_rate_no_gt'):.2f} | "
               "time shares " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares[algo].items()))
     print(f"demo: plot {png}\ndemo: table {md}\ndemo: done in {time.time() - t0:.0f}s")

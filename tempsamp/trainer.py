@@ -270,6 +270,11 @@ class Trainer:
             t_roll = time.time()
             batch_metrics = ray.get(batch_ref, timeout=timeout).metrics
             t_rew = time.time()
+            lag = self.version - int(batch_metrics["batch/min_weight_version"])
+            if lag > cfg.trainer.max_staleness:
+                raise RuntimeError(f"step {step}: rollouts sampled with weight version "
+                                   f"{int(batch_metrics['batch/min_weight_version'])}, learner at {self.version}: "
+                                   f"lag {lag} > trainer.max_staleness={cfg.trainer.max_staleness}")
             learn_refs = [l.train_step.remote(batch_ref) for l in self.pools.learners]
             if cfg.trainer.max_staleness >= 1 and step < self.total_steps:
                 pending = self._launch_rollout(step + 1)  # overlaps with learning of this step
@@ -285,6 +290,7 @@ class Trainer:
                 self.timings[k] += v
             rows = batch_metrics["batch/rows"]
             row = {"step": step, "epoch": info["epoch"], "version": self.version, "batch/indices": info["indices"],
+                   "rollout/weight_version_lag": lag,
                    **batch_metrics,
                    **{f"learn/{k}": v for k, v in learn.items()}, **sync,
                    **{f"time/{k}": v for k, v in stage.items()}, "time/step": t_sync - t0,
@@ -293,9 +299,11 @@ class Trainer:
             self.logger.write(row)
             last = row
             print(f"[{cfg.trainer.run_name}] step {step}/{self.total_steps} "
-                  f"score {row['reward/score_mean_no_gt']:.3f} (w/ GT {row['reward/score_mean']:.3f}) "
+                  f"score {row['reward/raw_score_mean_no_gt']:.3f} (shaped {row['reward/score_mean_no_gt']:.3f}, "
+                  f"w/ GT {row['reward/score_mean']:.3f}) "
                   f"iou {row['reward/iou_mean_no_gt']:.3f} fmt {row['reward/format_rate_no_gt']:.2f} "
-                  f"gt_logp {learn['gt_logp_per_token']:.2f} | {row['time/step']:.1f}s", flush=True)
+                  + (f"gt_logp {learn['gt_logp_per_token']:.2f} " if learn['gt_logp_per_token'] == learn['gt_logp_per_token'] else "")
+                  + f"| {row['time/step']:.1f}s", flush=True)
             if cfg.checkpoint.save_freq and step % cfg.checkpoint.save_freq == 0:
                 self.save_checkpoint()
         if pending is not None:

@@ -64,7 +64,9 @@ def test_train_checkpoint_crash_resume_same_next_step(tiny_models, synth, tmp_pa
     try:
         t = Trainer(cfg("ref", 3, 0), model_dir=path)
         out = t.run()
+        decoded = ray.get(t.pools.decode[0].stats.remote())["decoded"]
         t.shutdown()
+        assert decoded == 3 * 2  # each video decoded once per step; rollout and learner read the ObjectRef
         assert set(out["stage_shares"]) == {"decode", "rollout", "reward", "learn", "sync"}
         ref = rows("ref")
         t = Trainer(cfg("crash", 2, 2), model_dir=path)
@@ -83,6 +85,7 @@ def test_train_checkpoint_crash_resume_same_next_step(tiny_models, synth, tmp_pa
         assert a["batch/indices"] == b["batch/indices"]
         for k in ("reward/score_mean", "reward/format_rate", "learn/loss", "learn/gt_logp_per_token", "learn/grad_norm"):
             assert a[k] == pytest.approx(b[k], abs=1e-4), k
+        assert all(r["rollout/weight_version_lag"] == 0 for r in got)
         # the exported actor is a plain HF folder
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -90,3 +93,27 @@ def test_train_checkpoint_crash_resume_same_next_step(tiny_models, synth, tmp_pa
         AutoProcessor.from_pretrained(ck / "actor")
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_max_staleness_one_overlaps_and_records_lag(tiny_models, synth, tmp_path):
+    import ray
+
+    from tempsamp.trainer import Trainer, init_ray
+
+    cfg = load_config(DEMO, [f"data.train_files=[{synth['train_jsonl']}]", "algorithm.name=tempsamp",
+                             "trainer.max_steps=3", "trainer.max_staleness=1", "trainer.run_name=stale",
+                             f"trainer.log_dir={tmp_path}", "rollout.backend=hf", "rollout.max_new_tokens=8",
+                             "data.prompts_per_step=2", "rollout.n=2", "checkpoint.save_freq=0",
+                             "checkpoint.resume=never"], env={})
+    init_ray(num_cpus=2)
+    try:
+        t = Trainer(cfg, model_dir=tiny_models("qwen2_5_vl"))
+        t.run()
+        t.shutdown()
+    finally:
+        ray.shutdown()
+    rows = [json.loads(x) for x in (tmp_path / "stale" / "steps.jsonl").read_text().splitlines()]
+    # step 1 samples with v0 at v0; later steps were launched before the previous update landed
+    assert [r["rollout/weight_version_lag"] for r in rows] == [0, 1, 1]

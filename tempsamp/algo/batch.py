@@ -111,6 +111,8 @@ def build_train_batch(
     m = {
         "reward/score_mean": float(scores.mean()),
         "reward/score_mean_no_gt": float(scores[on].mean()),
+        # iou + format_weight * format without shaping: comparable across grpo / tempsamp runs
+        "reward/raw_score_mean_no_gt": float((iou + format_weight * fmt)[on].mean()),
         "reward/iou_mean": float(iou.mean()),
         "reward/iou_mean_no_gt": float(iou[on].mean()),
         "reward/format_rate": float(fmt.mean()),
@@ -123,6 +125,7 @@ def build_train_batch(
         "response/len_mean_no_gt": float(lens[on].mean()),
         "batch/rows": float(len(rows)),
         "batch/tokens": float(mask_np.sum()),
+        "batch/min_weight_version": float(min(g.weight_version for g in groups)),
     }
     first_on = int(np.flatnonzero(on)[0]) if on.any() else 0
     m["sample/text"] = texts[first_on][:200]
