@@ -235,9 +235,10 @@ class LearnerCore:
                     tensors[f"optim/{name}/{k}"] = _local(v).detach().contiguous().cpu()
         meta = {"rank": str(self.rank), "world": str(self.world), "step": str(self.step),
                 "sched_last_epoch": str(self.sched.last_epoch)}
-        tmp = d / f".rank{self.rank}.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, d / f"rank{self.rank}.safetensors")
+        from .io import atomic_path
+
+        with atomic_path(d / f"rank{self.rank}.safetensors") as tmp:
+            save_file(tensors, tmp, metadata=meta)
         return str(d / f"rank{self.rank}.safetensors")
 
     def load_shard(self, ckpt_dir: str) -> int:

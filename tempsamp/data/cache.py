@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..io import atomic_path
 from .records import read_records, write_jsonl
 from .video import VideoDecodeError, VideoMeta, VideoParams, VideoSample, decode_video, path_key, source_stat
 
@@ -53,14 +53,8 @@ def write_entry(cache_dir: str | Path, sample: VideoSample) -> Path:
         "meta": msgspec.json.encode(sample.meta).decode(),
         "source": json.dumps(source_stat(sample.meta.path)),
     }
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         save_file({"frames": torch.from_numpy(np.ascontiguousarray(sample.frames))}, tmp, metadata=header)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dst
 
 

@@ -134,24 +134,15 @@ def read_records(
 
 def write_jsonl(path: str | Path, rows) -> int:
     """Atomically write rows (dicts or Structs) as JSONL. Returns the count."""
-    import os
-    import tempfile
+    from ..io import atomic_path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for r in rows:
-                if isinstance(r, TrainRecord):
-                    r = record_to_dict(r)
-                f.write(json.dumps(r, ensure_ascii=False).encode() + b"\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for r in rows:
+            if isinstance(r, TrainRecord):
+                r = record_to_dict(r)
+            f.write(json.dumps(r, ensure_ascii=False).encode() + b"\n")
+            n += 1
     return n
 
 
