@@ -1,4 +1,4 @@
-"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | demo | eval."""
+"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | demo."""
 
 from __future__ import annotations
 
@@ -116,12 +116,6 @@ def cmd_demo(a) -> int:
     return run_demo(a.out, steps=a.steps, quick=a.quick)
 
 
-def cmd_eval(a) -> int:
-    from .eval.bench import eval_main
-
-    return eval_main(a)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="tempsamp", description=__doc__)
@@ -151,19 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="reduced demo (CI)")
-    p = sub.add_parser("eval", help="TimeLens-Bench evaluation of a checkpoint")
-    p.add_argument("--model")
-    p.add_argument("--base-model", dest="base_model")
-    p.add_argument("--bench-dir", dest="bench_dir")
-    p.add_argument("--datasets")
-    p.add_argument("--output", default="outputs/eval")
-    p.add_argument("--skip-missing-videos", action="store_true")
-    p.add_argument("--parse-mode", choices=["eval", "training"], default=None)
-    p.add_argument("--num-engines", type=int, default=None)
-    p.add_argument("--config")
     a = ap.parse_args(argv)
     handlers = {"convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
-                "plan": cmd_plan, "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval}
+                "plan": cmd_plan, "train": cmd_train, "demo": cmd_demo}
     from .config import ConfigError
     from .data.cache import CacheMismatchError, CacheMissError
     from .data.records import RecordError

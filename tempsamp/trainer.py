@@ -320,9 +320,9 @@ class Trainer:
 
 
 def _public_config(cfg: Config) -> dict:
-    """Config as saved to disk: anything that looks like a secret is dropped."""
-    d = config_to_dict(cfg)
-    return d
+    """Config as saved with a checkpoint. It holds no secrets by design: the Ray token and any hub
+    credentials come from the environment and are never config fields."""
+    return config_to_dict(cfg)
 
 
 def train_main(cfg: Config, config_path: str | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import ray
 
@@ -17,7 +16,8 @@ class LearnerActor:
         self.pg = None
 
     def node_address(self) -> str:
-        return "127.0.0.1" if os.environ.get("TEMPSAMP_LOOPBACK", "1") == "1" else socket.gethostbyname(socket.gethostname())
+        """This node's address as Ray knows it (127.0.0.1 on the loopback-only local cluster)."""
+        return ray.util.get_node_ip_address()
 
     def free_port(self) -> int:
         return free_port()
