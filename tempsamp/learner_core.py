@@ -163,7 +163,7 @@ class LearnerCore:
                             ref_lp = response_logprobs(self.ref, inp, ids, mask)
                         kl = (kl_penalty(lp, ref_lp, ac.kl_type) * m).sum() / denom
                         loss = loss + ac.kl_coef * kl
-                        metrics["kl"] += float(kl) / self.world / max(1, cfg.learner.ppo_epochs)
+                        metrics["kl"] += float(kl.detach()) / self.world / max(1, cfg.learner.ppo_epochs)
                     if not dummy:
                         with torch.no_grad():
                             gmask = m * torch.as_tensor(g.is_gt[sl]).to(lp.device)[:, None].to(m.dtype)
@@ -175,7 +175,7 @@ class LearnerCore:
                         loss = loss * 0.0
                     else:
                         # local loss is scaled by world (FSDP averages grads); report this rank's share
-                        metrics["loss"] += float(loss) / self.world / max(1, cfg.learner.ppo_epochs)
+                        metrics["loss"] += float(loss.detach()) / self.world / max(1, cfg.learner.ppo_epochs)
                         metrics["clipfrac"] += pm["clipfrac"] * float(m.sum()) / total_tokens / max(1, cfg.learner.ppo_epochs)
                     loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.learner.grad_clip)
