@@ -85,8 +85,8 @@ def resolve_resume(cfg: Config) -> Path | None:
 def _rng_state() -> dict:
     import torch
 
-    return {"python": repr(random.getstate()), "numpy_seed_note": "numpy rngs are derived from seeds + step",
-            "torch": torch.get_rng_state().tolist()}
+    # numpy generators are re-derived from seeds + step, so only these two carry state
+    return {"python": repr(random.getstate()), "torch": torch.get_rng_state().tolist()}
 
 
 class StepLogger:

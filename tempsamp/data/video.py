@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,11 +198,6 @@ def decode_video(path: str | os.PathLike, params: VideoParams) -> VideoSample:
 def source_stat(path: str) -> dict:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def timestamps_text(meta: VideoMeta) -> str:
-    """Human-readable sampling summary (for logs)."""
-    return f"{len(meta.frame_indices)} frames @ {meta.sample_fps:.2f} fps, {meta.height}x{meta.width}, {math.floor(meta.duration)} s"
 
 
 def path_key(path: str) -> str:

@@ -19,17 +19,6 @@ from ..data.video import VideoSample
 VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
-def family_of(processor_or_model) -> str:
-    name = type(processor_or_model).__name__.lower()
-    cfg = getattr(processor_or_model, "config", None)
-    mt = getattr(cfg, "model_type", "") if cfg is not None else ""
-    if "qwen3_5" in name or mt == "qwen3_5":
-        return "qwen3_5"
-    if "qwen3" in name or mt.startswith("qwen3"):
-        return "qwen3_vl"
-    return "qwen2_5_vl"
-
-
 def render_prompt(processor, problem: str, thinking: bool = False) -> str:
     """Chat-templated prompt text (generation prompt added, thinking disabled)."""
     msgs = [{"role": "user", "content": split_problem(problem)}]

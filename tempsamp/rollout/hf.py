@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from ..models.loading import load_model, load_processor
 from ..models.policy import PromptInputs, build_inputs, generate
@@ -27,7 +26,7 @@ class HFEngine:
 
     def generate(self, requests: list, videos: list, spec: SamplingSpec) -> list[RolloutGroup]:
         groups = []
-        for i, (req, video) in enumerate(zip(requests, videos)):
+        for req, video in zip(requests, videos):
             inp = self.inputs(req.prompt_text, video)
             seed = None if spec.seed is None else spec.seed + req.key
             ids, mask, lp = generate(self.model, inp, n=spec.n, max_new_tokens=spec.max_new_tokens,
@@ -60,7 +59,3 @@ class HFEngine:
 
         params = dict(self.model.named_parameters())
         return {n: params[memory_name(n)].detach().float().clone() for n in names if memory_name(n) in params}
-
-    @torch.no_grad()
-    def weight_version(self) -> int:
-        return self.version
