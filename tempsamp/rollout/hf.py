@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..models.loading import load_model, load_processor
 from ..models.policy import PromptInputs, build_inputs, generate
 from ..sync.weights import SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
