@@ -1,4 +1,4 @@
-"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | demo."""
+"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | demo."""
 
 from __future__ import annotations
 
@@ -110,6 +110,38 @@ def cmd_train(a) -> int:
     return train_main(_config(a), config_path=a.config)
 
 
+def cmd_eval(a) -> int:
+    import os
+
+    import msgspec
+
+    from .evaluation.bench import parse_dataset_list
+    from .evaluation.runner import run_eval
+
+    cfg = _config(a)
+    e = cfg.eval
+    upd = {}
+    if a.bench_dir:
+        upd["bench_dir"] = a.bench_dir
+    if a.datasets:
+        upd["datasets"] = parse_dataset_list(a.datasets)
+    for k in ("parse_mode", "backend", "num_engines", "max_new_tokens"):
+        if getattr(a, k) is not None:
+            upd[k] = getattr(a, k)
+    if a.skip_missing_videos:
+        upd["skip_missing_videos"] = True
+    cfg = msgspec.structs.replace(cfg, eval=msgspec.structs.replace(e, **upd))
+    if not cfg.eval.bench_dir:
+        print("tempsamp eval: error: no bench dir (--bench-dir, BENCH_DIR or eval.bench_dir)", file=sys.stderr)
+        return 2
+    rep = run_eval(cfg, a.model, a.output, base_model=a.base_model or os.environ.get("BASE_MODEL") or None)
+    print(open(rep.table_md).read())
+    skipped = sum(len(v) for v in rep.skipped.values())
+    print(f"eval: {rep.generated} new + {rep.resumed} resumed predictions, {skipped} videos skipped, "
+          f"{rep.seconds:.1f}s -> {rep.predictions}, {rep.metrics_json}, {rep.table_md}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -141,24 +173,37 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p)
     p = sub.add_parser("train", help="train (GRPO or TempSamp) on the Ray actor system")
     _add_config_args(p)
+    p = sub.add_parser("eval", help="TimeLens-Bench: R1@0.3/0.5/0.7 and mIoU per dataset for a checkpoint")
+    p.add_argument("--model", required=True, help="exported actor folder (global_step_N/actor) or a base model")
+    p.add_argument("--base-model", help="processor source when --model has none (env BASE_MODEL)")
+    p.add_argument("--bench-dir", help="folder with <dataset>-timelens.json and video_shards/ (env BENCH_DIR)")
+    p.add_argument("--datasets", help="comma/space separated, e.g. charades-timelens (env DATASETS)")
+    p.add_argument("--output", required=True, help="folder for predictions.jsonl, metrics.json, results.md")
+    p.add_argument("--parse-mode", choices=["eval", "training"], default=None)
+    p.add_argument("--backend", choices=["auto", "vllm", "hf"], default=None)
+    p.add_argument("--num-engines", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--skip-missing-videos", action="store_true", help="skip (and count) missing/undecodable videos")
+    _add_config_args(p)
     p = sub.add_parser("demo", help="end-to-end CPU demo: GRPO vs TempSamp on synthetic data")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="reduced demo (CI)")
     a = ap.parse_args(argv)
     handlers = {"convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
-                "plan": cmd_plan, "train": cmd_train, "demo": cmd_demo}
+                "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
     from .config import ConfigError
     from .data.cache import CacheMismatchError, CacheMissError
     from .data.records import RecordError
     from .data.video import VideoDecodeError
+    from .evaluation.bench import BenchError
     from .models.loading import ModelLoadError
     from .placement.plan import PlacementError
 
     try:
         return handlers[a.cmd](a)
     except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError, PlacementError,
-            ModelLoadError) as e:
+            ModelLoadError, BenchError) as e:
         print(f"tempsamp {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

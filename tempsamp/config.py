@@ -169,9 +169,15 @@ class EvalConfig(_S):
     max_frames: int = 0  # 0 = no cap other than qwen-vl-utils' default (768)
     max_new_tokens: int = 512
     parse_mode: Literal["eval", "training"] = "eval"
-    val_freq: int = 0  # 0 = no eval during training
+    val_freq: int = 0  # 0 = no eval during training (else every N steps, with the rollout engines)
+    val_max_samples: int = 0  # cap per dataset for in-training eval (0 = all)
     num_engines: int = 1
-    backend: Literal["vllm", "hf"] = "hf"
+    num_decoders: int = 1
+    cpus_per_actor: float = 1.0
+    queries_per_call: int = 8  # queries of one video sent to an engine in one call
+    backend: Literal["auto", "vllm", "hf"] = "auto"  # auto: vllm on GPU, hf on CPU
+    skip_missing_videos: bool = False
+    call_timeout_s: float = 1800.0
 
 
 class TrainerConfig(_S):
@@ -213,12 +219,20 @@ def _bool(v: str) -> bool:
     raise ValueError(f"expected a boolean (true/false/1/0), got {v!r}")
 
 
+def _datasets(v: str) -> list[str]:
+    from .evaluation.bench import parse_dataset_list
+
+    return parse_dataset_list(v)
+
+
 ENV_VARS: dict[str, tuple[str, Any]] = {
     "TIMELENS_MODEL_PATH": ("model.path", str),
     "TIMELENS_TRAIN_FILES": ("data.train_files", _csv),
     "TIMELENS_USE_PREPROCESSED": ("data.use_preprocessed", _bool),
     "TIMELENS_VIDEO_SOURCE_MODE": ("data.video_source_mode", str),
     "TIMELENS_PREPROCESSED_VIDEO_DIR": ("data.preprocessed_video_dir", str),
+    "BENCH_DIR": ("eval.bench_dir", str),  # as the original's eval script
+    "DATASETS": ("eval.datasets", _datasets),
     "GTPO_REWARD_SHAPING": ("reward.shaping", _bool),
     "GTPO_REWARD_SHAPING_THRESHOLD": ("reward.shaping_threshold", float),
     "GTPO_REWARD_SHAPING_ALPHA": ("reward.shaping_alpha", float),

@@ -166,7 +166,7 @@ class Trainer:
         family = detect_family(self.model_dir)
         self.params = VideoParams.from_config(cfg.video, family)
         self.records = load_dataset(cfg)
-        processor = load_processor(self.model_dir)
+        processor = self.processor = load_processor(self.model_dir)
         self.prompts = [render_prompt(processor, r.problem, thinking=False) for r in self.records]
         self.answers = [r.span() for r in self.records]
         self.sampler = EpochSampler(len(self.records), cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
@@ -306,6 +306,8 @@ class Trainer:
                   + f"| {row['time/step']:.1f}s", flush=True)
             if cfg.checkpoint.save_freq and step % cfg.checkpoint.save_freq == 0:
                 self.save_checkpoint()
+            if cfg.eval.val_freq and step % cfg.eval.val_freq == 0:
+                self.validate()
         if pending is not None:
             ray.get(pending[0])
         total = sum(self.timings.values()) or 1.0
@@ -313,6 +315,38 @@ class Trainer:
         print("stage time shares: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
         return {"last": last, "stage_seconds": self.timings, "stage_shares": shares,
                 "wall_s": time.time() - t_start, "log": str(self.logger.path)}
+
+    def validate(self) -> dict:
+        """TimeLens-Bench on the rollout engines (current weights) and the decode actors (eval video
+        parameters); outputs under `<log_dir>/<run>/val/step_N/`, metrics into the step log."""
+        from .evaluation.bench import load_bench
+        from .evaluation.runner import eval_video_params, generate_predictions, write_outputs
+        from .models.loading import detect_family
+
+        e = self.cfg.eval
+        if not e.bench_dir:
+            raise ValueError("eval.val_freq is set but eval.bench_dir is empty (or set BENCH_DIR)")
+        samples, _ = load_bench(e.bench_dir, list(e.datasets), e.skip_missing_videos)
+        if e.val_max_samples:
+            per_ds: dict[str, list] = {}
+            for s in samples:
+                per_ds.setdefault(s.dataset, []).append(s)
+            samples = [s for group in per_ds.values() for s in group[: e.val_max_samples]]
+        t = time.time()
+        preds: list = []
+        params = eval_video_params(self.cfg, detect_family(self.model_dir))
+        generate_predictions(samples, self.pools.engines, self.pools.decode, params, self.processor, self.cfg,
+                             preds.extend, e.skip_missing_videos, progress=False)
+        out = Path(self.logger.dir) / "val" / f"step_{self.step}"
+        out.mkdir(parents=True, exist_ok=True)
+        metrics, *_ = write_outputs(preds, {p.key for p in preds}, list(e.datasets), out, e.parse_mode,
+                                    {"model": f"{self.cfg.trainer.run_name}@step{self.step}", "step": self.step})
+        row = {"step": self.step, "val/seconds": time.time() - t,
+               **{f"val/{ds}/{k}": v for ds, m in metrics.items() for k, v in m.items()}}
+        self.logger.write(row)
+        print(f"[{self.cfg.trainer.run_name}] val step {self.step}: " + ", ".join(
+            f"{ds} mIoU {m['mIoU']:.2f} R1@0.5 {m['R1@0.5']:.1f}" for ds, m in metrics.items()), flush=True)
+        return metrics
 
     def shutdown(self) -> None:
         self.logger.close()

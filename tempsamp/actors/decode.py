@@ -24,6 +24,16 @@ class DecodeCore:
         self.decoded += 1
         return s
 
+    def decode_with(self, path: str, params: VideoParams) -> VideoSample:
+        """Decode with other parameters (evaluation protocol), bypassing the training cache."""
+        from ..data.video import decode_video
+
+        t = time.time()
+        s = decode_video(path, params)
+        self.seconds += time.time() - t
+        self.decoded += 1
+        return s
+
     def stats(self) -> dict:
         return {"decoded": self.decoded, "seconds": self.seconds, "cache_hits": self.source.hits,
                 "cache_misses": self.source.misses, "cache_rebuilt": self.source.rebuilt}

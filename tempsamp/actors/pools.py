@@ -20,6 +20,19 @@ from .rollout import RolloutActor
 log = logging.getLogger(__name__)
 
 
+def engine_kwargs(cfg, backend: str) -> tuple[dict, dict]:
+    """Constructor kwargs and runtime_env of a rollout/eval engine actor for `backend`."""
+    r = cfg.rollout
+    if backend == "vllm":
+        kw = dict(max_model_len=r.max_model_len, dtype=cfg.model.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
+                  enforce_eager=r.enforce_eager or not cfg.placement.use_gpus,
+                  tensor_parallel_size=r.tensor_parallel_size, seed=r.seed, cpu_kvcache_gib=r.cpu_kvcache_gib)
+    else:
+        kw = dict(dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                  device="cuda" if cfg.placement.use_gpus else "cpu")
+    return kw, {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(r.cpu_kvcache_gib)}}
+
+
 def _opts(plan: Plan, pgs: dict, role: str, i: int, run: str) -> dict:
     rp = plan.roles[role]
     return dict(num_cpus=rp.cpus_per_actor, num_gpus=rp.gpus_per_actor, name=f"{run}-{role}-{i}",
@@ -36,13 +49,7 @@ class Pools:
         self.decode = [DecodeActor.options(**_opts(plan, self.pgs, "decode", i, run)).remote(
             params, d.preprocessed_video_dir, mode, d.rebuild_cache) for i in range(plan.roles["decode"].actors)]
         r = cfg.rollout
-        if r.backend == "vllm":
-            kw = dict(max_model_len=r.max_model_len, dtype=cfg.model.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
-                      enforce_eager=r.enforce_eager or not cfg.placement.use_gpus,
-                      tensor_parallel_size=r.tensor_parallel_size, seed=r.seed, cpu_kvcache_gib=r.cpu_kvcache_gib)
-        else:
-            kw = dict(dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
-        env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(r.cpu_kvcache_gib)}}
+        kw, env = engine_kwargs(cfg, r.backend)
         self.engines = [RolloutActor.options(runtime_env=env, **_opts(plan, self.pgs, "rollout", i, run)).remote(
             r.backend, model_dir, f"{run}-rollout-{i}", kw) for i in range(plan.roles["rollout"].actors)]
         rc = msgspec.to_builtins(cfg.reward)

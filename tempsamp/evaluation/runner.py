@@ -1,0 +1,313 @@
+"""Run TimeLens-Bench on Ray: decode actors feed engine actors (data-parallel, greedy), predictions
+stream to a JSONL file as they arrive (so a crash loses at most the calls in flight), and a rerun skips
+what is already there. Metrics are recomputed from the stored raw texts, so changing the parse mode
+needs no new generation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import msgspec
+
+from ..config import Config
+from ..data.prompts import build_problem
+from ..data.video import VideoParams
+from ..io import atomic_path
+from ..placement.plan import PlacementError
+from .bench import BenchError, BenchSample, load_bench
+from .metrics import Prediction, all_metrics, markdown_table, score_reply
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+                   "video_preprocessor_config.json", "processor_config.json")
+
+
+class EvalReport(msgspec.Struct):
+    metrics: dict
+    predictions: str
+    metrics_json: str
+    table_md: str
+    generated: int  # new predictions this run
+    resumed: int  # predictions already on disk
+    skipped: dict  # dataset -> video ids skipped (missing / undecodable)
+    seconds: float
+
+
+def eval_video_params(cfg: Config, family: str) -> VideoParams:
+    """The evaluation protocol's decode parameters (RECIPE.md: min_pixels 65,536, no max_frames)."""
+    from ..data.video import _FAMILY_PATCH
+
+    e = cfg.eval
+    return VideoParams(fps=e.fps, min_frames=cfg.video.min_frames, max_frames=e.max_frames, min_pixels=e.min_pixels,
+                       max_pixels=e.max_pixels, total_pixels=e.total_pixels,
+                       patch_size=cfg.video.patch_size or _FAMILY_PATCH.get(family, 16),
+                       merge_size=cfg.video.merge_size)
+
+
+def resolve_model_dir(model: str, base_model: str | None, work_dir: str | Path) -> str:
+    """`model` itself when it has processor files; else a folder of links to `model`'s files plus the
+    base model's processor files (the checkpoint folder itself is never modified)."""
+    from ..models.loading import ModelLoadError, detect_family
+
+    m = Path(model)
+    detect_family(m)
+    if (m / "tokenizer.json").exists() or (m / "tokenizer_config.json").exists():
+        return str(m.absolute())
+    if not base_model:
+        raise ModelLoadError(f"{model}: checkpoint has no processor/tokenizer files; pass --base-model "
+                             "(or BASE_MODEL) pointing at the model it was trained from")
+    b = Path(base_model)
+    if not (b / "tokenizer_config.json").exists() and not (b / "tokenizer.json").exists():
+        raise ModelLoadError(f"--base-model {base_model}: no tokenizer files there either")
+    view = Path(work_dir) / ".model_view"
+    if view.exists():
+        for f in view.iterdir():
+            f.unlink()
+    view.mkdir(parents=True, exist_ok=True)
+    for f in m.iterdir():
+        if f.is_file():
+            os.symlink(f.absolute(), view / f.name)
+    for name in PROCESSOR_FILES:
+        if (b / name).exists() and not (view / name).exists():
+            os.symlink((b / name).absolute(), view / name)
+    return str(view)
+
+
+def read_predictions(path: Path) -> list[Prediction]:
+    """Predictions already on disk. A torn last line (crash mid-write) is dropped and the file cut back
+    to its last complete line; a malformed line elsewhere is an error naming the line."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    out, good_bytes = [], 0
+    dec = msgspec.json.Decoder(Prediction)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        last = i == len(lines) - 1 or all(not x.strip() for x in lines[i + 1:])
+        try:
+            out.append(dec.decode(line))
+        except msgspec.DecodeError as e:
+            if last and not raw.endswith(b"\n"):
+                log.warning("%s:%d: dropping a torn last line (interrupted write)", path, i + 1)
+                with open(path, "r+b") as f:
+                    f.truncate(good_bytes)
+                break
+            raise BenchError(f"{path}:{i + 1}: not a prediction record ({e}); delete the line or the file") from None
+        good_bytes += len(line) + 1
+    return out
+
+
+def _rescore(p: Prediction, mode: str) -> Prediction:
+    span, used, iou = score_reply(p.text, tuple(p.gt), p.duration, mode)
+    return msgspec.structs.replace(p, span=span, eval_span=used, iou=iou, parsed=span is not None, parse_mode=mode)
+
+
+def _video_groups(samples: list[BenchSample], per_call: int) -> list[list[BenchSample]]:
+    """Queries grouped by video (decode once), cut into calls of at most `per_call` queries."""
+    by: dict[str, list[BenchSample]] = {}
+    for s in samples:
+        by.setdefault(s.video, []).append(s)
+    calls = []
+    for group in by.values():
+        for i in range(0, len(group), max(1, per_call)):
+            calls.append(group[i: i + per_call])
+    return calls
+
+
+def generate_predictions(samples: list[BenchSample], engines: list, decoders: list, params: VideoParams,
+                         processor, cfg: Config, sink, skip_bad_videos: bool, progress: bool = True
+                         ) -> tuple[int, dict[str, list[str]]]:
+    """Greedy replies for `samples` on `engines` (actor handles with `generate`), videos decoded by
+    `decoders` (`decode_with`). Each finished call's predictions go to `sink(list[Prediction])`.
+    Work is handed to whichever engine is free; decodes run ahead by one call per engine."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from ..models.policy import render_prompt
+    from ..rollout.base import PromptRequest, SamplingSpec
+
+    e = cfg.eval
+    spec = SamplingSpec(n=1, greedy=True, temperature=0.0, max_new_tokens=e.max_new_tokens)
+    calls = deque(_video_groups(samples, e.queries_per_call))
+    decoded: deque = deque()  # (call, video_ref) decoded ahead
+    decode_i = 0
+    free = list(range(len(engines)))
+    inflight: dict = {}  # ref -> (engine index, call, video_ref)
+    skipped: dict[str, list[str]] = {}
+    done = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), desc="eval", unit="query", mininterval=2.0)
+
+    def prefetch():
+        nonlocal decode_i
+        while calls and len(decoded) < 2 * len(engines):
+            call = calls.popleft()
+            decoded.append((call, decoders[decode_i % len(decoders)].decode_with.remote(call[0].video, params)))
+            decode_i += 1
+
+    prefetch()
+    while decoded or inflight:
+        while free and decoded:
+            call, vref = decoded.popleft()
+            i = free.pop(0)
+            reqs = [PromptRequest(key=k, prompt_text=render_prompt(processor, build_problem(s.query)))
+                    for k, s in enumerate(call)]
+            inflight[engines[i].generate.remote(reqs, spec, *([vref] * len(reqs)))] = (i, call, vref)
+            prefetch()
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=e.call_timeout_s)
+        if not ready:
+            stuck = ", ".join(f"engine {i} on {c[0].dataset}/{c[0].video_id}" for i, c, _ in inflight.values())
+            raise TimeoutError(f"eval: no engine call finished within eval.call_timeout_s={e.call_timeout_s}s "
+                               f"({stuck})")
+        ref = ready[0]
+        i, call, vref = inflight.pop(ref)
+        free.append(i)
+        try:
+            groups = ray.get(ref)
+        except RayTaskError as err:
+            try:  # was it the video (decode) or the engine?
+                ray.get(vref)
+            except RayTaskError as derr:
+                s0 = call[0]
+                if skip_bad_videos:
+                    log.warning("eval: skipping undecodable video %s/%s: %s", s0.dataset, s0.video_id,
+                                str(derr.cause if hasattr(derr, "cause") else derr).splitlines()[0])
+                    skipped.setdefault(s0.dataset, []).append(s0.video_id)
+                    if bar is not None:
+                        bar.update(len(call))
+                    continue
+                raise BenchError(f"{s0.dataset}: video {s0.video_id!r} ({s0.video}) could not be decoded: "
+                                 f"{derr.cause if hasattr(derr, 'cause') else derr}") from None
+            raise RuntimeError(f"eval: engine {i} failed on {call[0].dataset}/{call[0].video_id}: {err}") from None
+        preds = []
+        for s, g in zip(call, sorted(groups, key=lambda g: g.key)):
+            text = g.texts[0] if g.texts else ""
+            span, used, iou = score_reply(text, s.gt, s.duration, e.parse_mode)
+            preds.append(Prediction(key=s.key, dataset=s.dataset, video=s.video, video_id=s.video_id, query=s.query,
+                                    gt=s.gt, duration=s.duration, text=text, span=span, eval_span=used, iou=iou,
+                                    parsed=span is not None, parse_mode=e.parse_mode, weight_version=g.weight_version))
+        sink(preds)
+        done += len(preds)
+        if bar is not None:
+            bar.update(len(preds))
+    if bar is not None:
+        bar.close()
+    return done, skipped
+
+
+def write_outputs(all_preds: list[Prediction], wanted: set[str], datasets: list[str], out: Path, mode: str,
+                  extra: dict) -> tuple[dict, Path, Path, Path]:
+    """Rescore every stored prediction with `mode` (rewritten in place, nothing dropped: other
+    datasets' lines stay), then metrics over the `wanted` keys."""
+    all_preds = [_rescore(p, mode) if p.parse_mode != mode else p for p in all_preds]
+    pred_path = out / "predictions.jsonl"
+    enc = msgspec.json.Encoder()
+    with atomic_path(pred_path) as tmp:
+        with open(tmp, "wb") as f:
+            for p in all_preds:
+                f.write(enc.encode(p) + b"\n")
+    metrics = all_metrics([p for p in all_preds if p.key in wanted], datasets)
+    mj = out / "metrics.json"
+    with atomic_path(mj) as tmp:
+        Path(tmp).write_text(json.dumps({"parse_mode": mode, "datasets": metrics, **extra}, indent=1))
+    md = out / "results.md"
+    title = f"TimeLens-Bench — {extra.get('model', '')} (parse: {mode})"
+    with atomic_path(md) as tmp:
+        Path(tmp).write_text(markdown_table(metrics, title))
+    return metrics, pred_path, mj, md
+
+
+def _check_fits(gpus: float, cpus: float) -> None:
+    """Fail before any actor starts (a pending actor would wait forever) when the cluster is too small."""
+    import ray
+
+    have = ray.cluster_resources()
+    if gpus > have.get("GPU", 0):
+        raise PlacementError(f"eval: needs {gpus:g} GPUs (eval.num_engines x rollout.tensor_parallel_size), the "
+                             f"cluster has {have.get('GPU', 0):g}; on a CPU machine set placement.use_gpus=false")
+    if cpus > have.get("CPU", 0):
+        raise PlacementError(f"eval: needs {cpus:g} CPUs ((eval.num_engines + eval.num_decoders) x "
+                             f"eval.cpus_per_actor), the cluster has {have.get('CPU', 0):g}")
+
+
+def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None,
+             datasets: list[str] | None = None, progress: bool = True) -> EvalReport:
+    """Evaluate `model` (an exported actor folder or a base model) on the bench; see module doc."""
+    import ray
+
+    from ..actors.decode import DecodeActor
+    from ..actors.pools import engine_kwargs
+    from ..actors.rollout import RolloutActor
+    from ..models.loading import detect_family, load_processor
+    from ..trainer import init_ray
+
+    t0 = time.time()
+    e = cfg.eval
+    datasets = datasets or list(e.datasets)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    samples, missing = load_bench(e.bench_dir, datasets, e.skip_missing_videos)
+    for ds, ids in missing.items():
+        if ids:
+            log.warning("eval: %s: %d videos missing, skipped (first: %s)", ds, len(ids), ", ".join(ids[:5]))
+    pred_path = out / "predictions.jsonl"
+    existing = read_predictions(pred_path)
+    wanted = {s.key for s in samples}
+    have = {p.key for p in existing}
+    todo = [s for s in samples if s.key not in have]
+    log.info("eval: %d queries in %s; %d already predicted, %d to run", len(samples), ",".join(datasets),
+             len(samples) - len(todo), len(todo))
+    model_dir = resolve_model_dir(model, base_model, out)
+    generated, skipped = 0, {ds: list(ids) for ds, ids in missing.items() if ids}
+    if todo:
+        init_ray()
+        processor = load_processor(model_dir)
+        params = eval_video_params(cfg, detect_family(model_dir))
+        backend = e.backend if e.backend != "auto" else ("vllm" if cfg.placement.use_gpus else "hf")
+        kw, env = engine_kwargs(cfg, backend)
+        gpus = cfg.rollout.tensor_parallel_size if cfg.placement.use_gpus else 0
+        _check_fits(e.num_engines * gpus, (e.num_engines + e.num_decoders) * e.cpus_per_actor)
+        run = cfg.trainer.run_name
+        engines = [RolloutActor.options(num_cpus=e.cpus_per_actor, num_gpus=gpus, runtime_env=env,
+                                        name=f"{run}-eval-engine-{i}").remote(backend, model_dir,
+                                                                              f"{run}-eval-engine-{i}", kw)
+                   for i in range(e.num_engines)]
+        decoders = [DecodeActor.options(num_cpus=e.cpus_per_actor, name=f"{run}-eval-decode-{i}").remote(params)
+                    for i in range(e.num_decoders)]
+        enc = msgspec.json.Encoder()
+        f = open(pred_path, "ab")
+
+        def sink(preds):
+            f.write(b"".join(enc.encode(p) + b"\n" for p in preds))
+            f.flush()
+            os.fsync(f.fileno())
+
+        try:
+            generated, bad = generate_predictions(todo, engines, decoders, params, processor, cfg, sink,
+                                                  e.skip_missing_videos, progress)
+        finally:
+            f.close()
+            for a in engines + decoders:
+                ray.kill(a)
+        for ds, ids in bad.items():
+            skipped.setdefault(ds, []).extend(ids)
+    extra = {"model": model, "base_model": base_model or "", "bench_dir": e.bench_dir,
+             "video_params": eval_video_params(cfg, detect_family(model_dir)).as_dict(),
+             "max_new_tokens": e.max_new_tokens, "skipped_videos": skipped}
+    metrics, pj, mj, md = write_outputs(read_predictions(pred_path), wanted, datasets, out, e.parse_mode, extra)
+    return EvalReport(metrics=metrics, predictions=str(pj), metrics_json=str(mj), table_md=str(md),
+                      generated=generated, resumed=len(samples) - len(todo), skipped=skipped,
+                      seconds=time.time() - t0)
