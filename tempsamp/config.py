@@ -44,6 +44,10 @@ class ModelConfig(_S):
 class DataConfig(_S):
     train_files: list[str] = []  # trainer JSONL (env TIMELENS_TRAIN_FILES, comma separated)
     val_files: list[str] = []
+    # train_files empty + synthetic_dir set: generate the built-in synthetic set there (deterministic,
+    # reused when present) and train on it — the demo config uses this, so it runs verbatim as a Ray job
+    synthetic_dir: str = ""
+    synthetic_n_train: int = 16
     video_root: str = ""  # resolves relative `videos` paths
     use_preprocessed: bool = False  # env TIMELENS_USE_PREPROCESSED
     video_source_mode: Literal["prefer_preprocessed", "preprocessed_only", "realtime_only"] = "prefer_preprocessed"

@@ -114,21 +114,34 @@ class StepLogger:
 
 
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join the cluster in RAY_ADDRESS (a Ray job sets it), or start a local Ray whose every server
+    (GCS, raylet, metrics export, dashboard when on) binds to 127.0.0.1 only."""
+    local = not os.environ.get("RAY_ADDRESS")
+    if local:
+        # Ray resolves "127.0.0.1" to the machine's reachable IP unless cluster mode is off; the flag is read
+        # at import time, so set it before importing ray (and on the constants if ray is already imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # nothing is reachable from outside this host
+        if "ray" in sys.modules and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+            import ray._private.ray_constants as rc
+
+            rc.ENABLE_RAY_CLUSTER = False
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     pkg_root = str(Path(__file__).resolve().parents[1])
     runtime_env = {"env_vars": {"PYTHONPATH": pkg_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
                                 "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                                 "TRANSFORMERS_VERBOSITY": "error"}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+    if not local:
+        # a Ray job brings its runtime env (working dir on every worker's path, jobs/runtime_env.yaml's
+        # env vars); Ray refuses to merge a second one, so none is passed here
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
+                 _metrics_export_port=int(os.environ.get("TEMPSAMP_METRICS_PORT", "0")) or None)
 
 
 def ensure_model(cfg: Config, out_root: str) -> str:
@@ -140,10 +153,15 @@ def ensure_model(cfg: Config, out_root: str) -> str:
 
 
 def load_dataset(cfg: Config) -> list[TrainRecord]:
-    if not cfg.data.train_files:
+    files = list(cfg.data.train_files)
+    if not files and cfg.data.synthetic_dir:
+        from .data.synthetic import generate
+
+        files = [generate(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_n_train, n_bench=2, seed=0)["train_jsonl"]]
+    if not files:
         raise ValueError("data.train_files is empty (set it in the config, TIMELENS_TRAIN_FILES, or an override)")
     records: list[TrainRecord] = []
-    for f in cfg.data.train_files:
+    for f in files:
         recs, errs = read_records(f, cfg.data.video_root or None, skip_bad=cfg.data.on_bad_sample == "skip")
         for e in errs:
             log.warning("skipped bad record: %s", e)
@@ -296,6 +314,8 @@ class Trainer:
                    **{f"time/{k}": v for k, v in stage.items()}, "time/step": t_sync - t0,
                    "throughput/samples_per_s": rows / max(1e-9, t_sync - t0),
                    "throughput/tokens_per_s": batch_metrics["batch/tokens"] / max(1e-9, t_learn - t_rew)}
+            if cfg.data.use_preprocessed:
+                row.update(self._cache_stats())
             self.logger.write(row)
             last = row
             print(f"[{cfg.trainer.run_name}] step {step}/{self.total_steps} "
@@ -315,6 +335,14 @@ class Trainer:
         print("stage time shares: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
         return {"last": last, "stage_seconds": self.timings, "stage_shares": shares,
                 "wall_s": time.time() - t_start, "log": str(self.logger.path)}
+
+    def _cache_stats(self) -> dict:
+        import ray
+
+        st = ray.get([d.stats.remote() for d in self.pools.decode], timeout=self.cfg.trainer.step_timeout_s)
+        hits, misses = sum(x["cache_hits"] for x in st), sum(x["cache_misses"] for x in st)
+        return {"decode/cache_hits": hits, "decode/cache_misses": misses,
+                "decode/cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0}
 
     def validate(self) -> dict:
         """TimeLens-Bench on the rollout engines (current weights) and the decode actors (eval video

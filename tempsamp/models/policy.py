@@ -8,10 +8,15 @@ response only, not the prompt.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+# Frames from the Ray object store are read-only numpy views; the HF video processor only reads them
+# (torch.from_numpy(...).contiguous() copies), so its "not writable" warning is noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 from ..data.prompts import split_problem
 from ..data.video import VideoSample
