@@ -105,3 +105,17 @@ def test_ray_job_submit_runs_the_demo_config(tmp_path):
         assert "SUCCEEDED" in status
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_no_pickle_loading_and_no_secrets_in_dumped_config(monkeypatch):
+    import re
+
+    from tempsamp.config import config_to_dict, load_config
+
+    src = "\n".join(p.read_text() for p in (ROOT / "tempsamp").rglob("*.py"))
+    assert not re.search(r"pickle\.loads?\(|torch\.load\(|np\.load\([^)]*allow_pickle=True", src)
+    secret = "tok-3f9a1c77e1"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secret)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    cfg = load_config(ROOT / "jobs" / "configs" / "tempsamp.yaml", [])
+    assert secret not in json.dumps(config_to_dict(cfg))
