@@ -149,8 +149,9 @@ class PlacementConfig(_S):
 class SyncConfig(_S):
     bucket_mb: int = 256
     backend: Literal["auto", "nccl", "gloo"] = "auto"
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # group init and every broadcast; a sync that does not finish is a failure
     checksum: bool = True
+    max_retries: int = 2  # re-syncs after a corrupted bucket / version mismatch / dead or stuck engine
 
 
 class CheckpointConfig(_S):
@@ -191,7 +192,12 @@ class TrainerConfig(_S):
     max_staleness: int = 0  # 0 = original synchronous schedule, 1 = overlap rollout k+1 with learn k
     log_dir: str = "outputs/logs"
     seed: int = 1
-    step_timeout_s: float = 3600.0
+    step_timeout_s: float = 3600.0  # learner step (and a whole stage at most)
+    call_timeout_s: float = 900.0  # one decode / reward call; a stuck actor is replaced after this
+    rollout_timeout_s: float = 1800.0  # one engine's generate call
+    actor_start_timeout_s: float = 900.0  # a replacement actor must answer ping within this
+    max_retries: int = 2  # per stage and step, after replacing dead/stuck actors; then the run stops
+    spill_dir: str = ""  # Ray object spilling for a local Ray ("" = <tmp>/tempsamp-spill)
 
 
 class Config(_S):

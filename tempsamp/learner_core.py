@@ -215,8 +215,13 @@ class LearnerCore:
         plan, self._sync_bufs = pack_buckets(named, bucket_mb << 20, version)
         return plan
 
-    def send_sync(self, pg) -> float:
+    def send_sync(self, pg, corrupt: bool = False) -> float:
+        """Broadcast the prepared buckets. `corrupt` (fault injection) flips one byte of the first
+        bucket after its checksum was taken, as a bad link or a partial update would."""
         t = time.time()
+        if corrupt and self._sync_bufs:
+            self._sync_bufs[0] = self._sync_bufs[0].clone()
+            self._sync_bufs[0][0] ^= 0xFF
         send_plan(pg, self._sync_bufs)
         self._sync_bufs = []
         return time.time() - t

@@ -37,7 +37,14 @@ GAUGES: dict[str, tuple[str, list[tuple[str, dict]]]] = {
     "tempsamp_cache_hit_rate": ("Stage B cache hit rate of the decode pool", [
         ("decode/cache_hit_rate", {"role": "decode"})]),
     "tempsamp_sync_bytes": ("Bytes broadcast per weight sync", [("sync/bytes", {"role": "sync"})]),
-    "tempsamp_restarts": ("Actor restarts so far", [("faults/restarts", {"role": "driver"})]),
+    "tempsamp_restarts": ("Actor replacements so far, per role", [
+        (f"faults/restarts_{r}", {"role": r}) for r in ("decode", "rollout", "reward")]),
+    "tempsamp_faults": ("Fault handling counters so far", [
+        ("faults/retried_calls", {"role": "driver", "kind": "retried_calls"}),
+        ("faults/skipped_samples", {"role": "driver", "kind": "skipped_samples"}),
+        ("faults/resyncs", {"role": "sync", "kind": "resyncs"})]),
+    "tempsamp_object_store_bytes": ("Ray object store bytes in use after the step", [
+        ("mem/object_store_bytes", {"role": "driver"})]),
     "tempsamp_stage_seconds": ("Seconds of the last step spent in each stage", [
         (f"time/{s}", {"role": r, "stage": s}) for s, r in STAGE_ROLE.items()]),
 }
@@ -79,3 +86,18 @@ class DashboardMetrics:
                 _, ds, metric = key.split("/")
                 self.val.set(float(v), tags={"run": self.run, "role": "eval", "dataset": ds,
                                              "metric": metric.replace("@", "_at_")})
+
+
+def object_store_bytes() -> float:
+    """Bytes used in the Ray object store, cluster-wide (NaN when unavailable). Ray has no public API
+    for this; `ray memory` uses the same raylet call, so we do too."""
+    try:
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        import ray
+
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address),
+                                      timeout_seconds=10.0)
+        return float(reply.store_stats.object_store_bytes_used)
+    except Exception:  # metrics must never break a run
+        return float("nan")

@@ -21,7 +21,8 @@ import msgspec
 import numpy as np
 
 from .config import Config, config_to_dict
-from .data.records import TrainRecord, read_records
+from .observe import object_store_bytes
+from .data.records import RecordError, TrainRecord, read_records
 
 log = logging.getLogger("tempsamp.trainer")
 STAGES = ("decode", "rollout", "reward", "learn", "sync")
@@ -113,7 +114,7 @@ class StepLogger:
         self.f.close()
 
 
-def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, spill_dir: str = "") -> None:
     """Join the cluster in RAY_ADDRESS (a Ray job sets it), or start a local Ray whose every server
     (GCS, raylet, metrics export, dashboard when on) binds to 127.0.0.1 only."""
     local = not os.environ.get("RAY_ADDRESS")
@@ -139,8 +140,14 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
         # env vars); Ray refuses to merge a second one, so none is passed here
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
+        import tempfile
+
+        spill = spill_dir or os.environ.get("TEMPSAMP_SPILL_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                                 "tempsamp-spill")
+        spilling = {"type": "filesystem", "params": {"directory_path": spill}}
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
+                 _system_config={"object_spilling_config": json.dumps(spilling)},
                  _metrics_export_port=int(os.environ.get("TEMPSAMP_METRICS_PORT", "0")) or None)
 
 
@@ -152,7 +159,10 @@ def ensure_model(cfg: Config, out_root: str) -> str:
     return str(build_tiny_model(Path(out_root) / f"tiny_{cfg.model.tiny_family}", cfg.model.tiny_family))
 
 
-def load_dataset(cfg: Config) -> list[TrainRecord]:
+def load_dataset(cfg: Config) -> tuple[list[TrainRecord], list[str]]:
+    """Records of data.train_files (or the synthetic set) and the reasons for every record skipped
+    (bad line, span beyond duration, missing video — each with file:line). data.on_bad_sample=stop
+    raises on the first one instead."""
     files = list(cfg.data.train_files)
     if not files and cfg.data.synthetic_dir:
         from .data.synthetic import generate
@@ -160,13 +170,80 @@ def load_dataset(cfg: Config) -> list[TrainRecord]:
         files = [generate(cfg.data.synthetic_dir, n_train=cfg.data.synthetic_n_train, n_bench=2, seed=0)["train_jsonl"]]
     if not files:
         raise ValueError("data.train_files is empty (set it in the config, TIMELENS_TRAIN_FILES, or an override)")
+    skip = cfg.data.on_bad_sample == "skip"
     records: list[TrainRecord] = []
+    skipped: list[str] = []
     for f in files:
-        recs, errs = read_records(f, cfg.data.video_root or None, skip_bad=cfg.data.on_bad_sample == "skip")
-        for e in errs:
-            log.warning("skipped bad record: %s", e)
-        records += recs
-    return records
+        recs, errs = read_records(f, cfg.data.video_root or None, skip_bad=skip)
+        skipped += errs
+        for r in recs:
+            if not (cfg.data.use_preprocessed and cfg.data.video_source_mode == "preprocessed_only") \
+                    and not os.path.exists(r.video):
+                msg = f"{r.source}: video not found: {r.video}"
+                if not skip:
+                    raise RecordError(msg + " (data.on_bad_sample=skip to skip and count)")
+                skipped.append(msg)
+                continue
+            records.append(r)
+    for e in skipped[:20]:
+        log.warning("skipped bad record: %s", e)
+    if len(skipped) > 20:
+        log.warning("... and %d more bad records skipped", len(skipped) - 20)
+    if skipped:
+        print(f"data: {len(records)} records, {len(skipped)} skipped (reasons in the log)", flush=True)
+    return records, skipped
+
+
+class StepFailed(RuntimeError):
+    """A step could not complete (retries exhausted, learner died, timeout); the message names the
+    stage, role and actor."""
+
+
+class BadSampleError(RuntimeError):
+    """A sample is unusable and data.on_bad_sample=stop."""
+
+
+def check_staleness(step: int, learner_version: int, rollout_version: int, max_staleness: int) -> int:
+    """The weight-version lag of a step's rollouts; raises when it exceeds max_staleness."""
+    lag = learner_version - rollout_version
+    if lag > max_staleness:
+        raise StepFailed(f"step {step}: rollouts sampled with weight version {rollout_version}, learner at "
+                         f"{learner_version}: lag {lag} > trainer.max_staleness={max_staleness}")
+    if lag < 0:
+        raise StepFailed(f"step {step}: rollouts claim weight version {rollout_version}, newer than the "
+                         f"learner's {learner_version}")
+    return lag
+
+
+def error_text(exc) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def wait_classified(refs: list, timeout: float) -> list[tuple[str, object]]:
+    """Wait for all refs (at most `timeout` s) and classify each: ("ok", value), ("dead", exc) when its
+    actor died, ("error", exc) when the call raised, ("stuck", None) when it did not finish in time."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+    ready = set(ready)
+    out: list[tuple[str, object]] = []
+    for r in refs:
+        if r not in ready:
+            out.append(("stuck", None))
+            continue
+        try:
+            out.append(("ok", ray.get(r)))
+        except RayActorError as e:
+            out.append(("dead", e))
+        except RayTaskError as e:
+            dead = isinstance(getattr(e, "cause", None), RayActorError)  # a dependency's actor died
+            out.append(("dead" if dead else "error", e))
+        except GetTimeoutError:
+            out.append(("stuck", None))
+    return out
 
 
 class Trainer:
@@ -183,7 +260,10 @@ class Trainer:
         self.model_dir = model_dir or ensure_model(cfg, "outputs/models")
         family = detect_family(self.model_dir)
         self.params = VideoParams.from_config(cfg.video, family)
-        self.records = load_dataset(cfg)
+        self.records, skipped = load_dataset(cfg)
+        self.skipped_records = len(skipped)
+        self.faults = {"retried_calls": 0, "skipped_samples": 0}
+        self.skip_log: list[dict] = []
         processor = self.processor = load_processor(self.model_dir)
         self.prompts = [render_prompt(processor, r.problem, thinking=False) for r in self.records]
         self.answers = [r.span() for r in self.records]
@@ -241,31 +321,152 @@ class Trainer:
         return final
 
     # ---- one step -------------------------------------------------------------------------
-    def _launch_rollout(self, step: int):
-        """decode + rollout + reward for the next sampler batch; returns (batch_ref, info) without waiting."""
-        import ray
-
-        from .rollout.base import PromptRequest, SamplingSpec
-
+    # The fast path submits decode -> rollout -> reward as one chain of ObjectRefs (nothing waits).
+    # Collection then waits stage by stage; a dead or stuck actor is replaced and only its part of the
+    # chain resubmitted; a bad video is skipped (counted, logged) or stops the run (data.on_bad_sample).
+    def _launch_rollout(self, step: int) -> dict:
         epoch, idx = self.sampler.next()
+        st = {"step": step, "epoch": epoch, "indices": list(idx), "skipped": [], "t0": time.time()}
         p = self.pools
-        recs = [self.records[i] for i in idx]
-        video_refs = [p.decode[j % len(p.decode)].decode.remote(r.video) for j, r in enumerate(recs)]
+        st["decoder"] = [j % len(p.decode) for j in range(len(idx))]
+        st["video_refs"], st["status_refs"] = [], []
+        for j, i in enumerate(idx):
+            v, s_ = p.decode[st["decoder"][j]].decode_with_status.remote(self.records[i].video)
+            st["video_refs"].append(v)
+            st["status_refs"].append(s_)
+        self._submit_rollouts(st)
+        self._submit_reward(st)
+        return st
+
+    def _spec(self, step: int):
+        from .rollout.base import SamplingSpec
+
         r = self.cfg.rollout
-        spec = SamplingSpec(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        return SamplingSpec(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens, seed=None if r.seed is None else r.seed * 100003 + step)
-        per_engine: list[list[int]] = [[] for _ in p.engines]
-        for j in range(len(recs)):
-            per_engine[j % len(p.engines)].append(j)
-        roll_refs = []
-        for e, js in zip(p.engines, per_engine):
-            if js:
-                reqs = [PromptRequest(key=j, prompt_text=self.prompts[idx[j]]) for j in js]
-                roll_refs.append(e.generate.remote(reqs, spec, *[video_refs[j] for j in js]))
-        batch_ref = p.reward[step % len(p.reward)].score.remote(
-            step, [self.answers[i] for i in idx], [self.prompts[i] for i in idx], video_refs, *roll_refs)
-        return batch_ref, {"epoch": epoch, "indices": idx, "video_refs": video_refs, "roll_refs": roll_refs,
-                           "t0": time.time()}
+
+    def _submit_rollouts(self, st: dict, only: list[int] | None = None) -> None:
+        """(Re)submit generate calls: prompt j of the step goes to engine j % engines."""
+        from .rollout.base import PromptRequest
+
+        p = self.pools
+        if only is None:
+            st["roll"] = []
+            for e in range(len(p.engines)):
+                js = list(range(e, len(st["indices"]), len(p.engines)))
+                if js:
+                    st["roll"].append([e, js, None])
+            only = list(range(len(st["roll"])))
+        spec = self._spec(st["step"])
+        for k in only:
+            e, js, _ = st["roll"][k]
+            reqs = [PromptRequest(key=j, prompt_text=self.prompts[st["indices"][j]]) for j in js]
+            st["roll"][k][2] = p.engines[e].generate.remote(reqs, spec, *[st["video_refs"][j] for j in js])
+
+    def _submit_reward(self, st: dict) -> None:
+        p = self.pools
+        idx = st["indices"]
+        st["reward_i"] = st["step"] % len(p.reward)
+        st["batch_ref"] = p.reward[st["reward_i"]].score.remote(
+            st["step"], [self.answers[i] for i in idx], [self.prompts[i] for i in idx], st["video_refs"],
+            *[r[2] for r in st["roll"]])
+
+    def _retry_budget(self, st: dict, stage: str, what: str) -> None:
+        st.setdefault("attempts", {}).setdefault(stage, 0)
+        st["attempts"][stage] += 1
+        self.faults["retried_calls"] += 1
+        if st["attempts"][stage] > self.cfg.trainer.max_retries:
+            raise StepFailed(f"step {st['step']}: {stage} failed after {self.cfg.trainer.max_retries} retries: {what}")
+
+    def _collect_decode(self, st: dict) -> bool:
+        """Wait for every video; returns True when the chain had to change."""
+        changed = False
+        while True:
+            status = wait_classified(st["status_refs"], self.cfg.trainer.call_timeout_s)
+            broken = [j for j, (s_, _) in enumerate(status) if s_ in ("dead", "stuck")]
+            bad = [j for j, (s_, _) in enumerate(status) if s_ == "error"]
+            if not broken and not bad:
+                return changed
+            changed = True
+            for j in bad:
+                rec = self.records[st["indices"][j]]
+                why = f"video {rec.video} ({rec.source or 'record'}): {error_text(status[j][1])}"
+                if self.cfg.data.on_bad_sample == "stop":
+                    raise BadSampleError(f"step {st['step']}: {why} (data.on_bad_sample=skip to skip and count)")
+                log.warning("step %d: skipping sample: %s", st["step"], why)
+                self.faults["skipped_samples"] += 1
+                self.skip_log.append({"step": st["step"], "video": rec.video, "source": rec.source,
+                                      "reason": error_text(status[j][1])})
+            for d in sorted({st["decoder"][j] for j in broken}):
+                why = {status[j][0] for j in broken if st["decoder"][j] == d}
+                self.pools.replace("decode", d, f"step {st['step']}: decode call {'/'.join(sorted(why))}")
+            if broken:
+                self._retry_budget(st, "decode", f"{len(broken)} decode calls")
+            for j in broken:
+                v, s_ = self.pools.decode[st["decoder"][j]].decode_with_status.remote(
+                    self.records[st["indices"][j]].video)
+                st["video_refs"][j], st["status_refs"][j] = v, s_
+            if bad:
+                keep = [j for j in range(len(st["indices"])) if j not in set(bad)]
+                if not keep:
+                    raise BadSampleError(f"step {st['step']}: every sample of the batch was bad")
+                for key in ("indices", "decoder", "video_refs", "status_refs"):
+                    st[key] = [st[key][j] for j in keep]
+
+    def _collect_rollout(self, st: dict) -> tuple[list, bool]:
+        changed = False
+        while True:
+            status = wait_classified([r[2] for r in st["roll"]], self.cfg.trainer.rollout_timeout_s)
+            failed = [k for k, (s_, _) in enumerate(status) if s_ != "ok"]
+            if not failed:
+                return [v for _, v in status], changed
+            changed = True
+            replaced = False
+            for k in failed:
+                e = st["roll"][k][0]
+                kind, exc = status[k]
+                what = f"{self.pools.name('rollout', e)} generate {kind}"
+                if kind in ("dead", "stuck"):
+                    self.pools.replace("rollout", e, f"step {st['step']}: {what}")
+                    replaced = True
+                else:
+                    log.warning("step %d: %s: %s — retrying", st["step"], what, error_text(exc))
+                self._retry_budget(st, "rollout", what)
+            if replaced:  # new engines start from the base model: bring them to the current weights first
+                self.pools.rebuild_weight_group()
+                self.pools.sync_weights(self.version)
+            self._submit_rollouts(st, only=failed)
+
+    def _collect_reward(self, st: dict):
+        while True:
+            (kind, val), = wait_classified([st["batch_ref"]], self.cfg.trainer.call_timeout_s)
+            if kind == "ok":
+                return val
+            i = st["reward_i"]
+            what = f"{self.pools.name('reward', i)} score {kind}"
+            if kind in ("dead", "stuck"):
+                self.pools.replace("reward", i, f"step {st['step']}: {what}")
+            else:
+                log.warning("step %d: %s: %s — retrying", st["step"], what, error_text(val))
+            self._retry_budget(st, "reward", what)
+            st["batch_ref"] = self.pools.reward[i].score.remote(
+                st["step"], [self.answers[x] for x in st["indices"]], [self.prompts[x] for x in st["indices"]],
+                st["video_refs"], *st["groups"])
+
+    def _collect(self, st: dict) -> tuple[dict, dict]:
+        """Wait for decode -> rollout -> reward of a launched step, repairing as needed."""
+        t0 = time.time()
+        changed = self._collect_decode(st)
+        t_dec = time.time()
+        if changed:
+            self._submit_rollouts(st)
+        st["groups"], roll_changed = self._collect_rollout(st)
+        t_roll = time.time()
+        if changed or roll_changed:
+            self._submit_reward(st)
+        batch = self._collect_reward(st)
+        t_rew = time.time()
+        return batch.metrics, {"decode": t_dec - t0, "rollout": t_roll - t_dec, "reward": t_rew - t_roll}
 
     def run(self) -> dict:
         import ray
@@ -278,44 +479,43 @@ class Trainer:
         while self.step < self.total_steps:
             step = self.step + 1
             t0 = time.time()
-            if pending is None:
-                pending = self._launch_rollout(step)
-            batch_ref, info = pending
+            st = pending if pending is not None else self._launch_rollout(step)
             pending = None
-            ray.get(info["video_refs"], timeout=timeout)
-            t_dec = time.time()
-            ray.get(info["roll_refs"], timeout=timeout)
-            t_roll = time.time()
-            batch_metrics = ray.get(batch_ref, timeout=timeout).metrics
+            batch_metrics, stage = self._collect(st)
             t_rew = time.time()
-            lag = self.version - int(batch_metrics["batch/min_weight_version"])
-            if lag > cfg.trainer.max_staleness:
-                raise RuntimeError(f"step {step}: rollouts sampled with weight version "
-                                   f"{int(batch_metrics['batch/min_weight_version'])}, learner at {self.version}: "
-                                   f"lag {lag} > trainer.max_staleness={cfg.trainer.max_staleness}")
-            learn_refs = [l.train_step.remote(batch_ref) for l in self.pools.learners]
+            lag = check_staleness(step, self.version, int(batch_metrics["batch/min_weight_version"]),
+                                  cfg.trainer.max_staleness)
+            learn_refs = [l.train_step.remote(st["batch_ref"]) for l in self.pools.learners]
             if cfg.trainer.max_staleness >= 1 and step < self.total_steps:
                 pending = self._launch_rollout(step + 1)  # overlaps with learning of this step
-            learn = ray.get(learn_refs, timeout=timeout)[0]
+            try:
+                learn = ray.get(learn_refs, timeout=timeout)[0]
+            except ray.exceptions.RayActorError as e:
+                raise StepFailed(f"step {step}: a learner rank died ({type(e).__name__}); the FSDP group cannot "
+                                 f"continue — rerun with checkpoint.resume=auto to continue from the last "
+                                 f"checkpoint") from None
+            except ray.exceptions.GetTimeoutError:
+                raise StepFailed(f"step {step}: learner step exceeded trainer.step_timeout_s={timeout}s") from None
             t_learn = time.time()
             self.version += 1
             sync = self.pools.sync_weights(self.version)
             t_sync = time.time()
             self.step = step
-            stage = {"decode": t_dec - t0, "rollout": t_roll - t_dec, "reward": t_rew - t_roll,
-                     "learn": t_learn - t_rew, "sync": t_sync - t_learn}
+            stage.update({"learn": t_learn - t_rew, "sync": t_sync - t_learn})
             for k, v in stage.items():
                 self.timings[k] += v
             rows = batch_metrics["batch/rows"]
-            row = {"step": step, "epoch": info["epoch"], "version": self.version, "batch/indices": info["indices"],
+            row = {"step": step, "epoch": st["epoch"], "version": self.version, "batch/indices": st["indices"],
                    "rollout/weight_version_lag": lag,
                    **batch_metrics,
                    **{f"learn/{k}": v for k, v in learn.items()}, **sync,
                    **{f"time/{k}": v for k, v in stage.items()}, "time/step": t_sync - t0,
                    "throughput/samples_per_s": rows / max(1e-9, t_sync - t0),
-                   "throughput/tokens_per_s": batch_metrics["batch/tokens"] / max(1e-9, t_learn - t_rew)}
+                   "throughput/tokens_per_s": batch_metrics["batch/tokens"] / max(1e-9, t_learn - t_rew),
+                   **self._fault_metrics(), "mem/object_store_bytes": object_store_bytes()}
             if cfg.data.use_preprocessed:
                 row.update(self._cache_stats())
+            del st, learn_refs  # release this step's videos and batch from the object store
             self.logger.write(row)
             last = row
             print(f"[{cfg.trainer.run_name}] step {step}/{self.total_steps} "
@@ -328,13 +528,20 @@ class Trainer:
                 self.save_checkpoint()
             if cfg.eval.val_freq and step % cfg.eval.val_freq == 0:
                 self.validate()
-        if pending is not None:
-            ray.get(pending[0])
         total = sum(self.timings.values()) or 1.0
         shares = {k: v / total for k, v in self.timings.items()}
         print("stage time shares: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
         return {"last": last, "stage_seconds": self.timings, "stage_shares": shares,
-                "wall_s": time.time() - t_start, "log": str(self.logger.path)}
+                "wall_s": time.time() - t_start, "log": str(self.logger.path), "faults": self._fault_metrics()}
+
+    def _fault_metrics(self) -> dict:
+        p = self.pools
+        out = {f"faults/restarts_{r}": float(n) for r, n in p.restarts.items()}
+        out["faults/restarts"] = float(sum(p.restarts.values()))
+        out["faults/resyncs"] = float(p.resyncs)
+        out["faults/retried_calls"] = float(self.faults["retried_calls"])
+        out["faults/skipped_samples"] = float(self.faults["skipped_samples"] + self.skipped_records)
+        return out
 
     def _cache_stats(self) -> dict:
         import ray
@@ -388,7 +595,7 @@ def _public_config(cfg: Config) -> dict:
 
 
 def train_main(cfg: Config, config_path: str | None = None) -> int:
-    init_ray()
+    init_ray(spill_dir=cfg.trainer.spill_dir)
     trainer = Trainer(cfg)
     try:
         out = trainer.run()

@@ -9,6 +9,7 @@ import ray
 
 from ..data.cache import VideoSource
 from ..data.video import VideoParams, VideoSample
+from .faults import FaultHooks
 
 
 class DecodeCore:
@@ -40,6 +41,16 @@ class DecodeCore:
 
 
 @ray.remote
-class DecodeActor(DecodeCore):
+class DecodeActor(DecodeCore, FaultHooks):
+    def decode(self, path: str) -> VideoSample:
+        self._maybe_fault("decode")
+        return super().decode(path)
+
+    @ray.method(num_returns=2)
+    def decode_with_status(self, path: str):
+        """(sample, status): the driver waits on the small status object, so it never pulls frames."""
+        s = self.decode(path)
+        return s, {"path": path, "frames": len(s.meta.frame_indices)}
+
     def ping(self) -> bool:
         return True

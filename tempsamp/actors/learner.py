@@ -7,10 +7,11 @@ import os
 import ray
 
 from ..sync.weights import free_port, make_group
+from .faults import FaultHooks
 
 
 @ray.remote
-class LearnerActor:
+class LearnerActor(FaultHooks):
     def __init__(self):
         self.core = None
         self.pg = None
@@ -45,7 +46,8 @@ class LearnerActor:
         return self.core.prepare_sync(version, bucket_mb, trainable_only)
 
     def send_sync(self) -> float:
-        return self.core.send_sync(self.pg)
+        corrupt = bool(self._armed and self._armed.pop("send_sync", None) == "corrupt")
+        return self.core.send_sync(self.pg, corrupt=corrupt)
 
     def named_weights(self, names: list[str]) -> dict:
         from ..learner_core import _full

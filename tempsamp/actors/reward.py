@@ -5,10 +5,11 @@ from __future__ import annotations
 import ray
 
 from ..algo.batch import TrainBatch, build_train_batch
+from .faults import FaultHooks
 
 
 @ray.remote
-class RewardActor:
+class RewardActor(FaultHooks):
     def __init__(self, model_dir: str, n: int, gt_injection: bool, reward_cfg: dict, algo_cfg: dict):
         from ..models.loading import load_processor
 
@@ -19,9 +20,13 @@ class RewardActor:
         self.n, self.gt_injection = n, gt_injection
         self.r, self.a = reward_cfg, algo_cfg
 
+    def ping(self) -> bool:
+        return True
+
     def score(self, step: int, answers: list, prompt_texts: list, videos: list, *rollouts) -> TrainBatch:
         """`videos` is a list of ObjectRefs (kept as refs: the learner fetches them); `rollouts` are
         top-level refs of each engine's list[RolloutGroup]."""
+        self._maybe_fault("score")
         groups = [g for part in rollouts for g in part]
         return build_train_batch(
             groups, [tuple(a) for a in answers], prompt_texts, videos, n=self.n, step=step, encode=self.encode,

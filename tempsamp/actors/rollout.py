@@ -8,10 +8,11 @@ import time
 import ray
 
 from ..rollout.base import PromptRequest, RolloutGroup, SamplingSpec
+from .faults import FaultHooks
 
 
 @ray.remote
-class RolloutActor:
+class RolloutActor(FaultHooks):
     def __init__(self, backend: str, model_dir: str, name: str, engine_kwargs: dict):
         self.name = name
         if backend == "vllm":
@@ -34,6 +35,7 @@ class RolloutActor:
 
     def generate(self, requests: list[PromptRequest], spec: SamplingSpec, *videos) -> list[RolloutGroup]:
         """`videos` are passed as top-level ObjectRefs, so Ray resolves them from the object store."""
+        self._maybe_fault("generate")
         t = time.time()
         out = self.engine.generate(requests, list(videos), spec)
         self.seconds += time.time() - t
@@ -44,6 +46,7 @@ class RolloutActor:
         return self.engine.init_weight_group(host, port, rank, world_size, backend, timeout_s)
 
     def receive_weights(self, plan) -> dict:
+        self._maybe_fault("receive_weights")
         return self.engine.receive_weights(plan)
 
     def named_weights(self, names: list[str]) -> dict:

@@ -86,6 +86,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]
 _REQUIRED = ("problem", "answer", "videos")
 
 
+SPAN_TOLERANCE_S = 0.05  # rounding slack between a span's end and the stated duration
+
+
 def record_from_obj(obj: dict, where: str, video_root: str | None = None) -> TrainRecord:
     for k in _REQUIRED:
         if k not in obj:
@@ -107,7 +110,9 @@ def record_from_obj(obj: dict, where: str, video_root: str | None = None) -> Tra
     except msgspec.ValidationError as e:
         raise RecordError(f"{where}: {e}") from None
     rec.source = where
-    rec.span()  # validates the answer
+    start, end = rec.span()  # validates the answer
+    if rec.duration is not None and end > rec.duration + SPAN_TOLERANCE_S:
+        raise RecordError(f"{where}: answer span ends at {end:g} s, beyond the video's duration {rec.duration:g} s")
     return rec
 
 

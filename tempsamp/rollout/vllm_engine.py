@@ -52,7 +52,7 @@ class WeightSyncExtension:
                              timeout_s: float) -> bool:
         dev = self.device if backend == "nccl" else None
         self._ts_pg, self._ts_store = make_group(host, port, rank, world_size, backend, timeout_s, device=dev)
-        self._ts_version = 0
+        self._ts_version = getattr(self, "_ts_version", 0)  # a group rebuild keeps the loaded weights
         return True
 
     def ts_receive_weights(self, plan_json: bytes) -> dict:

@@ -146,15 +146,22 @@ def send_plan(pg, bufs: list[torch.Tensor]) -> None:
 
 
 def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify: bool = True):
-    """Receiver side: yields (name, tensor) for each bucket as it arrives; checks checksums."""
+    """Receiver side: yields (name, tensor) lists bucket by bucket as they arrive. A bucket whose
+    checksum differs is not yielded (never loaded); the remaining buckets are still received so the
+    collective stays in step with the sender, then WeightSyncError names the bad buckets and the
+    caller re-syncs the whole version."""
+    bad = []
     for i, spec in enumerate(plan.buckets):
         buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
         pg.broadcast(buf, 0).wait()
         if verify:
             got = checksum(buf)
             if got != spec.checksum:
-                raise WeightSyncError(f"weight sync v{plan.version}: bucket {i} checksum {got} != {spec.checksum}")
+                bad.append(f"bucket {i} checksum {got} != {spec.checksum}")
+                continue
         yield unpack_bucket(spec, buf)
+    if bad:
+        raise WeightSyncError(f"weight sync v{plan.version}: {len(bad)} corrupted bucket(s): " + "; ".join(bad))
 
 
 # ---- names ---------------------------------------------------------------------------------
