@@ -1,0 +1,259 @@
+"""Fault injection on the real actor system (local Ray, CPU, HF rollout backend): dead and stuck actors,
+corrupted and hung weight broadcasts, a SIGKILLed training job, bad samples, object-store memory.
+Every test checks that no sample is lost (rows per step = prompts x n unless a sample was bad and
+skipped — then it is counted and logged)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tempsamp.config import load_config
+from tempsamp.trainer import BadSampleError, StepFailed, check_staleness, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "jobs" / "configs" / "demo.yaml"
+PROMPTS, N = 2, 2
+
+
+def _cfg(synth, tmp_path, run, *extra, train_file=None):
+    return load_config(DEMO, [f"data.train_files=[{train_file or synth['train_jsonl']}]", f"trainer.run_name={run}",
+                              f"trainer.log_dir={tmp_path / 'logs'}", "rollout.backend=hf",
+                              "rollout.max_new_tokens=6", f"data.prompts_per_step={PROMPTS}", f"rollout.n={N}",
+                              f"checkpoint.output_dir={tmp_path / run}", "checkpoint.resume=never",
+                              "video.max_frames=4", *extra], env={})
+
+
+def _rows(tmp_path, run):
+    return [json.loads(x) for x in (tmp_path / "logs" / run / "steps.jsonl").read_text().splitlines()]
+
+
+def _step(t, n=1):
+    t.total_steps = t.step + n
+    return t.run()["last"]
+
+
+def test_staleness_beyond_the_limit_is_rejected_loudly():
+    assert check_staleness(3, learner_version=2, rollout_version=1, max_staleness=1) == 1
+    with pytest.raises(StepFailed, match=r"step 3: rollouts sampled with weight version 0, learner at 2: lag 2 > "
+                                         r"trainer.max_staleness=1"):
+        check_staleness(3, 2, 0, 1)
+    with pytest.raises(StepFailed, match="newer than the learner"):
+        check_staleness(3, 2, 5, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, synth, tmp_path):
+    import ray
+    import torch
+
+    from tempsamp.trainer import Trainer, init_ray
+
+    cfg = _cfg(synth, tmp_path, "chaos", "trainer.rollout_timeout_s=12", "trainer.call_timeout_s=60",
+               "sync.timeout_s=10")
+    init_ray(num_cpus=2)
+    t = Trainer(cfg, model_dir=tiny_models("qwen2_5_vl"))
+    table = []
+    try:
+        _step(t)
+
+        def fault(role, i, kind, method, check=None):
+            ray.get(t.pools.actors(role)[i].arm_fault.remote(kind, method))
+            before = dict(t._fault_metrics())
+            row = _step(t)
+            assert row["batch/rows"] == PROMPTS * N, f"{role} {kind}: samples lost"
+            after = t._fault_metrics()
+            table.append((f"{role} {method} {kind}", row["step"], after["faults/restarts"] - before["faults/restarts"],
+                          after["faults/resyncs"] - before["faults/resyncs"]))
+            if check:
+                check(before, after, row)
+            return row
+
+        fault("decode", 0, "exit", "decode",
+              lambda b, a, r: a["faults/restarts_decode"] == b["faults/restarts_decode"] + 1 or pytest.fail("no restart"))
+        fault("rollout", 0, "exit", "generate",
+              lambda b, a, r: a["faults/restarts_rollout"] == b["faults/restarts_rollout"] + 1 or pytest.fail("no restart"))
+        # the replacement engine serves the current weights: its version equals the learner's
+        assert ray.get(t.pools.engines[0].weight_version.remote()) == t.version
+        fault("reward", 0, "exit", "score",
+              lambda b, a, r: a["faults/restarts_reward"] == b["faults/restarts_reward"] + 1 or pytest.fail("no restart"))
+        fault("rollout", 0, "hang:300", "generate",  # a stuck engine: detected after rollout_timeout_s
+              lambda b, a, r: a["faults/restarts_rollout"] == b["faults/restarts_rollout"] + 1 or pytest.fail("no restart"))
+        fault("learner", 0, "corrupt", "send_sync",  # one flipped byte: checksum catches it, re-sync
+              lambda b, a, r: (a["faults/resyncs"] == b["faults/resyncs"] + 1 and r["sync/resyncs"] == 1)
+              or pytest.fail("no resync"))
+        fault("rollout", 0, "hang:300", "receive_weights",  # a broadcast that never completes
+              lambda b, a, r: a["faults/restarts_rollout"] == b["faults/restarts_rollout"] + 1 or pytest.fail("no restart"))
+        # after all that, every engine holds exactly the learner's weights, at the learner's version
+        names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight",
+                 "model.layers.1.mlp.down_proj.weight"]
+        ref = ray.get(t.pools.learners[0].named_weights.remote(names))
+        for e in t.pools.engines:
+            assert ray.get(e.weight_version.remote()) == t.version
+            got = ray.get(e.named_weights.remote(names))
+            assert set(got) == set(names)
+            for n in ref:
+                assert torch.equal(got[n], ref[n]), n
+        rows = _rows(tmp_path, "chaos")
+        assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+        assert rows[-1]["faults/restarts"] == 5 and rows[-1]["faults/retried_calls"] >= 4
+        print("\nfault | step | replaced | resyncs | samples lost")
+        for name, step, rs, sy in table:
+            print(f"{name} | {step} | {rs:.0f} | {sy:.0f} | 0")
+    finally:
+        t.shutdown()
+        ray.shutdown()
+
+
+def _write_bad_dataset(synth, tmp_path):
+    """Three good records plus: zero-length video, corrupt video, missing video, span beyond the
+    duration, a malformed line and a non-UTF-8 line."""
+    good = [json.loads(x) for x in Path(synth["train_jsonl"]).read_text().splitlines()][:3]
+    zero = tmp_path / "zero.mp4"
+    zero.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(4096))
+    lines = [json.dumps(good[0]), json.dumps({**good[1], "videos": [str(zero)]}),
+             json.dumps({**good[1], "videos": [str(corrupt)]}),
+             json.dumps({**good[1], "videos": [str(tmp_path / "missing.mp4")]}),
+             json.dumps({**good[2], "answer": "<answer> 1.0 to 999.0 </answer>"}),
+             '{"problem": "broken', json.dumps(good[1]), json.dumps(good[2])]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes("\n".join(lines).encode() + b"\n" + b'{"problem": "\xff\xfe"}\n')
+    return path, zero, corrupt
+
+
+def test_bad_records_are_skipped_with_file_and_line_or_stop(synth, tmp_path):
+    path, _, _ = _write_bad_dataset(synth, tmp_path)
+    cfg = _cfg(synth, tmp_path, "bad", "data.on_bad_sample=skip", train_file=path)
+    recs, skipped = load_dataset(cfg)
+    assert len(recs) == 5  # 3 good + zero-length + corrupt (only decoding can tell those)
+    text = "\n".join(skipped)
+    assert f"{path}:4: video not found" in text
+    assert f"{path}:5: answer span ends at 999 s, beyond the video's duration" in text
+    assert f"{path}:6:" in text and f"{path}:9:" in text  # malformed JSON, non-UTF-8
+    assert len(skipped) == 4
+    from tempsamp.data.records import RecordError
+
+    with pytest.raises(RecordError, match=r"subset.jsonl:2: video not found"):
+        load_dataset(_cfg(synth, tmp_path, "bad", "data.on_bad_sample=stop", train_file=_only_lines(path, [0, 3])))
+
+
+def _only_lines(path, keep):
+    lines = path.read_bytes().splitlines()
+    out = path.with_name("subset.jsonl")
+    out.write_bytes(b"\n".join(lines[i] for i in keep) + b"\n")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_undecodable_videos_are_skipped_and_counted_or_stop_the_run(tiny_models, synth, tmp_path):
+    import ray
+
+    from tempsamp.trainer import Trainer, init_ray
+
+    path, zero, corrupt = _write_bad_dataset(synth, tmp_path)
+    subset = _only_lines(path, [0, 1, 2])  # good, zero-length, corrupt: one batch of 3
+    init_ray(num_cpus=2)
+    try:
+        t = Trainer(_cfg(synth, tmp_path, "skip", "data.on_bad_sample=skip", "data.prompts_per_step=3",
+                         "data.shuffle=false", train_file=subset), model_dir=tiny_models("qwen2_5_vl"))
+        try:
+            row = _step(t)
+        finally:
+            t.shutdown()
+        assert row["batch/rows"] == 1 * N and row["faults/skipped_samples"] == 2
+        assert {x["video"] for x in t.skip_log} == {str(zero), str(corrupt)}
+        assert all(x["source"].startswith(str(subset)) and x["reason"] for x in t.skip_log)
+        t = Trainer(_cfg(synth, tmp_path, "stop", "data.on_bad_sample=stop", "data.prompts_per_step=3",
+                         "data.shuffle=false", train_file=subset), model_dir=tiny_models("qwen2_5_vl"))
+        try:
+            with pytest.raises(BadSampleError, match=r"step 1: video .*(zero|corrupt)\.mp4 \(.*subset.jsonl:\d\)"):
+                _step(t)
+        finally:
+            t.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def test_absurd_model_output_never_breaks_the_reward_stage():
+    from tempsamp.algo.batch import build_train_batch
+    from tempsamp.rollout.base import RolloutGroup
+
+    texts = ["", "x" * 100_000, "\x00\xff\x01 binary", "<answer> 1 to 2 </answer>"]
+    ids = [[], [5] * 300, [7, 8], [1, 2, 3]]
+    g = RolloutGroup(key=0, response_ids=ids, texts=texts, logprobs=[[0.0] * len(x) for x in ids], weight_version=0)
+    b = build_train_batch([g], [(1.0, 2.0)], ["p"], [None], n=4, step=1, encode=lambda s: [9] * len(s.split()),
+                          eos_id=2, pad_id=0, gt_injection=True, gt_index=-1, format_weight=0.1,
+                          strict_format=False, shaping=True, shaping_threshold=0.8, shaping_alpha=1.0)
+    assert b.metrics["batch/rows"] == 4 and all(v == v for k, v in b.metrics.items() if isinstance(v, float))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigkilled_job_resumes_with_same_step_batch_and_loss(tiny_models, synth, tmp_path):
+    """Kill -9 the whole training job (driver + its local Ray) after step 3 was logged; the checkpoint of
+    step 2 is the last complete one; the resumed job redoes step 3 with the same batch and loss."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    run = "killed"
+    args = [sys.executable, "-m", "tempsamp.cli", "train", "--config", str(DEMO),
+            f"data.train_files=[{synth['train_jsonl']}]", f"model.path={tiny_models('qwen2_5_vl')}",
+            f"trainer.run_name={run}", f"trainer.log_dir={tmp_path / 'logs'}", "rollout.backend=hf",
+            "rollout.max_new_tokens=6", f"data.prompts_per_step={PROMPTS}", f"rollout.n={N}", "video.max_frames=4",
+            f"checkpoint.output_dir={tmp_path / 'ck'}", "checkpoint.save_freq=2", "checkpoint.export_hf=false",
+            "trainer.max_steps=5", "checkpoint.resume=auto"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    steps = tmp_path / "logs" / run / "steps.jsonl"
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if steps.exists() and any(json.loads(x)["step"] == 3 for x in steps.read_text().splitlines()):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and every process it started (its local Ray)
+        proc.wait()
+    first = {r["step"]: r for r in _rows(tmp_path, run)}
+    assert 3 in first and (tmp_path / "ck" / "global_step_2" / "COMPLETE").exists()
+    assert not (tmp_path / "ck" / "global_step_4" / "COMPLETE").exists() or 4 in first
+    res = subprocess.run(args[:-2] + ["trainer.max_steps=3", "checkpoint.resume=auto"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = _rows(tmp_path, run)
+    resumed = rows[len(first):]
+    assert resumed[0]["step"] == 3  # last complete checkpoint: global_step_2
+    assert resumed[0]["batch/indices"] == first[3]["batch/indices"]
+    assert resumed[0]["learn/loss"] == pytest.approx(first[3]["learn/loss"], rel=1e-5, abs=1e-7)
+    assert resumed[0]["reward/score_mean"] == pytest.approx(first[3]["reward/score_mean"], abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_object_store_memory_stays_flat_over_50_steps(tiny_models, synth, tmp_path):
+    import ray
+
+    from tempsamp.trainer import Trainer, init_ray
+
+    init_ray(num_cpus=2, spill_dir=str(tmp_path / "spill"))
+    t = Trainer(_cfg(synth, tmp_path, "mem", "data.prompts_per_step=2", "rollout.max_new_tokens=2",
+                     "trainer.max_staleness=1", "trainer.max_steps=50"), model_dir=tiny_models("qwen2_5_vl"))
+    try:
+        t.run()
+    finally:
+        t.shutdown()
+        ray.shutdown()
+    used = [r["mem/object_store_bytes"] for r in _rows(tmp_path, "mem")]
+    assert len(used) == 50
+    early, late = max(used[2:10]), max(used[-10:])
+    print(f"\nobject store bytes: step 1 {used[0]:.0f}, max steps 3-10 {early:.0f}, max steps 41-50 {late:.0f}")
+    assert late <= early * 1.25 + (1 << 20), f"object store grows: {early:.0f} -> {late:.0f} bytes"
