@@ -1,4 +1,4 @@
-"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | demo."""
+"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | demo | reframe | reframe-check | reframe-preview."""
 
 from __future__ import annotations
 
@@ -142,6 +142,46 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_reframe(a) -> int:
+    from .reframe.runner import ReframeOptions, run_reframe
+    from .reframe.submission import read_index
+
+    opts = ReframeOptions(method=a.method, model=a.model or "", backend=a.backend, frame_stride=a.frame_stride,
+                          num_engines=a.num_engines, gpus_per_engine=1.0 if a.backend == "vllm" else 0.0,
+                          on_no_segment=a.on_no_segment)
+    rep = run_reframe(read_index(a.index), a.video_dir, a.out, opts)
+    print(f"reframe: {rep['ran']} videos run, {rep['resumed']} resumed, {rep['missing']} missing "
+          f"({rep['seconds']:.1f}s) -> {a.out} (raw model replies: {a.out}.raw.jsonl)")
+    return 0
+
+
+def cmd_reframe_check(a) -> int:
+    from .reframe.submission import read_index, validate
+
+    errors, summary = validate(read_index(a.index), a.predictions, a.video_dir)
+    for e in errors[:50]:
+        print(e)
+    if len(errors) > 50:
+        print(f"... and {len(errors) - 50} more errors")
+    print(f"reframe-check: {summary['index_videos']} videos in the index, {summary['lines']} lines, "
+          f"{summary['videos_with_boxes']} videos with boxes, {summary['boxes']} boxes, {len(errors)} errors")
+    return 0 if not errors else 1
+
+
+def cmd_reframe_preview(a) -> int:
+    from .reframe.preview import contact_sheet
+    from .reframe.submission import read_submission, video_path
+
+    lines, _ = read_submission(a.predictions)
+    line = next((o for o in lines if o.get("video_id") == a.video_id), None)
+    if line is None:
+        print(f"tempsamp reframe-preview: error: video {a.video_id!r} not in {a.predictions}", file=sys.stderr)
+        return 2
+    out = contact_sheet(video_path(a.video_dir, a.video_id), line["predictions"], tuple(line["targetRatioWH"]), a.out)
+    print(f"reframe-preview: {out}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -185,25 +225,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--skip-missing-videos", action="store_true", help="skip (and count) missing/undecodable videos")
     _add_config_args(p)
+    p = sub.add_parser("reframe", help="Highlight Video Re-framing baselines (center | qwen) on Ray")
+    p.add_argument("--index", required=True, help="test_index.json")
+    p.add_argument("--video-dir", required=True, help="folder with <video_id>.mp4")
+    p.add_argument("--out", required=True, help="submission JSONL (appended; finished ids are skipped on rerun)")
+    p.add_argument("--method", choices=["center", "qwen"], default="center")
+    p.add_argument("--model", help="Qwen-VL model folder (method qwen)")
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--num-engines", type=int, default=1)
+    p.add_argument("--frame-stride", type=int, default=1)
+    p.add_argument("--on-no-segment", choices=["whole", "empty"], default="whole",
+                   help="stage 1 gave no clip: use the whole video, or predict no highlight")
+    p = sub.add_parser("reframe-check", help="validate a re-framing submission against every format rule")
+    p.add_argument("--index", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--video-dir", required=True)
+    p = sub.add_parser("reframe-preview", help="contact sheet PNG of one video's crops")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--video-dir", required=True)
+    p.add_argument("--video-id", required=True)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("demo", help="end-to-end CPU demo: GRPO vs TempSamp on synthetic data")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="reduced demo (CI)")
     a = ap.parse_args(argv)
     handlers = {"convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
-                "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+                "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+                "reframe": cmd_reframe, "reframe-check": cmd_reframe_check, "reframe-preview": cmd_reframe_preview}
     from .config import ConfigError
     from .data.cache import CacheMismatchError, CacheMissError
     from .data.records import RecordError
     from .data.video import VideoDecodeError
     from .evaluation.bench import BenchError
+    from .reframe.submission import ReframeError
     from .models.loading import ModelLoadError
     from .placement.plan import PlacementError
 
     try:
         return handlers[a.cmd](a)
     except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError, PlacementError,
-            ModelLoadError, BenchError) as e:
+            ModelLoadError, BenchError, ReframeError) as e:
         print(f"tempsamp {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

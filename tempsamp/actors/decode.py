@@ -35,6 +35,12 @@ class DecodeCore:
         self.decoded += 1
         return s
 
+    def decode_frames(self, path: str, indices: list[int], params: VideoParams) -> VideoSample:
+        """These exact source frames (re-framing's per-keyframe questions)."""
+        from ..data.video import decode_frames
+
+        return decode_frames(path, indices, params)
+
     def stats(self) -> dict:
         return {"decoded": self.decoded, "seconds": self.seconds, "cache_hits": self.source.hits,
                 "cache_misses": self.source.misses, "cache_rebuilt": self.source.rebuilt}

@@ -195,6 +195,27 @@ def decode_video(path: str | os.PathLike, params: VideoParams) -> VideoSample:
     return VideoSample(frames=frames, meta=meta, params=params)
 
 
+def decode_frames(path: str | os.PathLike, indices: list[int], params: VideoParams) -> VideoSample:
+    """Exactly these source frames, resized by the same pixel rules (a "still video" for per-frame
+    questions; each index is given twice so Qwen's temporal patch of 2 sees one frame)."""
+    import decord
+
+    path = str(path)
+    try:
+        vr = decord.VideoReader(path, num_threads=1)
+        total, fps = len(vr), float(vr.get_avg_fps())
+        raw = vr.get_batch([min(max(0, i), total - 1) for i in indices]).asnumpy()
+    except Exception as e:
+        raise VideoDecodeError(f"{path}: cannot read frames {indices[:5]}: {type(e).__name__}: {str(e)[:200]}") from None
+    h0, w0 = raw.shape[1:3]
+    smart_nframes, smart_resize, _ = _qwen_rules()
+    h, w = smart_resize(h0, w0, factor=params.image_factor, min_pixels=params.min_pixels,
+                        max_pixels=params.max_pixels)
+    meta = VideoMeta(path=path, source_fps=fps, total_num_frames=total, frame_indices=list(indices),
+                     sample_fps=fps, height=h, width=w, source_height=int(h0), source_width=int(w0))
+    return VideoSample(frames=resize_frames(raw, h, w), meta=meta, params=params)
+
+
 def source_stat(path: str) -> dict:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
