@@ -76,7 +76,7 @@ def _ray_env():
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_job_submit_runs_the_demo_config(tmp_path):
+def test_ray_job_submit_runs_the_demo_config(tmp_path, synth, tiny_models):
     env = _ray_env()
     ray_bin = str(Path(sys.executable).parent / "ray")
     gcs, dash = free_port(), free_port()
@@ -90,7 +90,9 @@ def test_ray_job_submit_runs_the_demo_config(tmp_path):
                "--runtime-env", "jobs/runtime_env.yaml", "--",
                "python", "jobs/train.py", "--config", "jobs/configs/demo.yaml",
                # absolute paths: the job's cwd is Ray's unpacked copy of the working dir
-               f"data.synthetic_dir={out / 'data'}", "data.synthetic_n_train=8", f"trainer.log_dir={out / 'logs'}",
+               # the session's synthetic set and tiny model (the config alone would generate/build them)
+               f"data.train_files=[{synth['train_jsonl']}]", f"model.path={tiny_models('qwen2_5_vl')}",
+               f"trainer.log_dir={out / 'logs'}",
                f"checkpoint.output_dir={out / 'ck'}", "checkpoint.save_freq=2", "trainer.max_steps=2",
                "rollout.backend=hf", "rollout.max_new_tokens=8"]
         res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
