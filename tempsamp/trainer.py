@@ -144,10 +144,9 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, spill_dir
 
         spill = spill_dir or os.environ.get("TEMPSAMP_SPILL_DIR") or os.path.join(tempfile.gettempdir(),
                                                                                  "tempsamp-spill")
-        spilling = {"type": "filesystem", "params": {"directory_path": spill}}
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True,
-                 _system_config={"object_spilling_config": json.dumps(spilling)},
+                 object_spilling_directory=spill,
                  _metrics_export_port=int(os.environ.get("TEMPSAMP_METRICS_PORT", "0")) or None)
 
 

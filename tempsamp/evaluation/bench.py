@@ -15,6 +15,8 @@ from pathlib import Path
 
 import msgspec
 
+from ..io import read_json_file
+
 DEFAULT_DATASETS = ("charades-timelens", "activitynet-timelens", "qvhighlights-timelens")
 
 
@@ -73,14 +75,7 @@ def load_bench_file(path: str | Path, dataset: str, video_dir: str | Path,
                     skip_missing_videos: bool = False) -> tuple[list[BenchSample], list[str]]:
     """Samples of one bench file, and the video ids skipped because their video is missing."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"{dataset}: bench file {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BenchError(f"{path}: not valid UTF-8 JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise BenchError(f"{path}: expected a JSON object {{video_id: entry}}, got {type(data).__name__}")
+    data = read_json_file(path, dict, BenchError, f"bench file of {dataset}")
     short = dataset[: -len("-timelens")] if dataset.endswith("-timelens") else dataset
     vdir = Path(video_dir) / short
     samples, missing = [], []

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from ..io import read_json_file
+
 from .geometry import crop_size
 
 
@@ -32,14 +34,7 @@ class SubmissionLine(msgspec.Struct):
 
 def read_index(path: str | Path) -> list[IndexEntry]:
     p = Path(path)
-    if not p.is_file():
-        raise ReframeError(f"{p}: index file not found")
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReframeError(f"{p}: not valid UTF-8 JSON ({e})") from None
-    if not isinstance(raw, list):
-        raise ReframeError(f"{p}: expected a JSON list of {{video_id, targetRatioWH}}")
+    raw = read_json_file(p, list, ReframeError, "index file")
     out = []
     for i, e in enumerate(raw):
         try:

@@ -139,21 +139,41 @@ def unpack_bucket(spec: BucketSpec, buf: torch.Tensor) -> list[tuple[str, torch.
     return out
 
 
+IN_FLIGHT = 3  # buckets posted ahead: transfer of bucket i+1.. overlaps the checksum/load of bucket i
+
+
 def send_plan(pg, bufs: list[torch.Tensor]) -> None:
-    """Rank 0 side: broadcast every bucket buffer in order."""
-    for buf in bufs:
-        pg.broadcast(buf, 0).wait()
+    """Rank 0 side: post every bucket's broadcast (the group runs them in order), then wait for all."""
+    works = [pg.broadcast(buf, 0) for buf in bufs]
+    for w in works:
+        w.wait()
 
 
-def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify: bool = True):
-    """Receiver side: yields (name, tensor) lists bucket by bucket as they arrive. A bucket whose
-    checksum differs is not yielded (never loaded); the remaining buckets are still received so the
-    collective stays in step with the sender, then WeightSyncError names the bad buckets and the
-    caller re-syncs the whole version."""
+def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify: bool = True,
+                 in_flight: int = IN_FLIGHT):
+    """Receiver side: yields (name, tensor) lists bucket by bucket as they arrive, with up to
+    `in_flight` buckets posted ahead so verifying and loading one overlaps receiving the next.
+    A bucket whose checksum differs is not yielded (never loaded); the remaining buckets are still
+    received so the collective stays in step with the sender, then WeightSyncError names the bad
+    buckets and the caller re-syncs the whole version."""
     bad = []
-    for i, spec in enumerate(plan.buckets):
+    pending: list = []
+    nxt = 0
+
+    def post():
+        nonlocal nxt
+        spec = plan.buckets[nxt]
         buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
-        pg.broadcast(buf, 0).wait()
+        pending.append((nxt, spec, buf, pg.broadcast(buf, 0)))
+        nxt += 1
+
+    while nxt < len(plan.buckets) and len(pending) < max(1, in_flight):
+        post()
+    while pending:
+        i, spec, buf, work = pending.pop(0)
+        work.wait()
+        if nxt < len(plan.buckets):
+            post()
         if verify:
             got = checksum(buf)
             if got != spec.checksum:
