@@ -44,13 +44,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-grad-ckpt", action="store_true")
+    ap.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                    help="auto: bf16 on GPU, fp32 on CPU (CPU bf16 matmuls are ~50x slower without AMX)")
     a = ap.parse_args()
     from transformers import AutoModelForImageTextToText
 
     from tempsamp.models.tiny import tiny_config
 
     dev = torch.device(a.device)
-    dtype = torch.bfloat16
+    dtype = getattr(torch, a.dtype) if a.dtype != "auto" else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     cfg = tiny_config(a.family, hidden=a.hidden, layers=a.layers)
     model = AutoModelForImageTextToText.from_config(cfg, dtype=dtype).to(dev)
     if not a.no_grad_ckpt:
@@ -86,7 +88,7 @@ def main() -> None:
     append_results([
         stamp("gpu_learner", card),
         f"{a.family} random, hidden {a.hidden}, {a.layers} layers: {n_all / 1e9:.2f} B params "
-        f"({n_dense / 1e9:.2f} B non-embedding, non-vision), bf16, AdamW, grad ckpt {not a.no_grad_ckpt}",
+        f"({n_dense / 1e9:.2f} B non-embedding, non-vision), {str(dtype).replace('torch.', '')}, AdamW, grad ckpt {not a.no_grad_ckpt}",
         f"- batch {a.batch} x {a.seq} tokens: {dt:.3f} s/step (median), {tok_s:,.0f} tokens/s, "
         f"peak memory {mem:.1f} GiB" + (f", MFU {100 * mfu:.1f}% of {peak / 1e12:.0f} TFLOP/s" if mfu else ""),
     ])

@@ -2,7 +2,7 @@
 engines (HF rollout, local Ray). On a 2-core machine the stages share the same two cores, so this
 mostly shows scheduling overhead; on a GPU node each engine has its own GPU. Appends to RESULTS.md.
 
-    python benchmarks/scaleout.py [--steps 4]
+    python benchmarks/scaleout.py [--steps 3]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from _common import append_results, demo_inputs, run_trainer, stamp, workdir  # 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
     a = ap.parse_args()
     from tempsamp.trainer import init_ray
 
