@@ -104,6 +104,10 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
         rows = _rows(tmp_path, "chaos")
         assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
         assert rows[-1]["faults/restarts"] == 5 and rows[-1]["faults/retried_calls"] >= 4
+        # a learner rank cannot be replaced inside the FSDP group: the run stops and says how to resume
+        ray.get(t.pools.learners[0].arm_fault.remote("exit", "train_step"))
+        with pytest.raises(StepFailed, match=r"step 8: a learner rank died .* checkpoint.resume=auto"):
+            _step(t)
         print("\nfault | step | replaced | resyncs | samples lost")
         for name, step, rs, sy in table:
             print(f"{name} | {step} | {rs:.0f} | {sy:.0f} | 0")

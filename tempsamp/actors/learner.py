@@ -34,6 +34,7 @@ class LearnerActor(FaultHooks):
         return True
 
     def train_step(self, batch) -> dict:
+        self._maybe_fault("train_step")
         keys = [g.key for g in batch.groups]
         samples = ray.get([g.video for g in batch.groups])  # object store, no decode
         return self.core.train_step(batch, dict(zip(keys, samples)))
