@@ -22,7 +22,7 @@ from .algo.batch import TrainBatch
 from .algo.grpo import kl_penalty, policy_loss
 from .models.loading import load_model, load_processor
 from .models.policy import build_inputs, response_logprobs
-from .sync.weights import SyncPlan, checkpoint_name, pack_buckets, send_plan
+from .sync.weights import SyncPlan, checkpoint_name, plan_buckets, send_streaming
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class LearnerCore:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(warm, total_steps, lc.lr_schedule))
         self.processor = load_processor(model_dir)
         self.step = 0
-        self._sync_bufs: list[torch.Tensor] = []
+        self._sync_groups: list[list[torch.Tensor]] = []
+        self._sync_plan: SyncPlan | None = None
 
     def _shard(self, model):
         from torch.distributed.fsdp import fully_shard
@@ -212,18 +213,17 @@ class LearnerCore:
                 named.append((checkpoint_name(name), full))
         if self.rank != 0:
             return None
-        plan, self._sync_bufs = pack_buckets(named, bucket_mb << 20, version)
+        plan, self._sync_groups = plan_buckets(named, bucket_mb << 20, version)
+        self._sync_plan = plan
         return plan
 
     def send_sync(self, pg, corrupt: bool = False) -> float:
-        """Broadcast the prepared buckets. `corrupt` (fault injection) flips one byte of the first
-        bucket after its checksum was taken, as a bad link or a partial update would."""
+        """Broadcast the prepared buckets, each followed by its checksum (packing and checksumming
+        overlap the transfer). `corrupt` (fault injection) flips one byte of the first bucket after
+        its checksum was taken, as a bad link or a partial update would."""
         t = time.time()
-        if corrupt and self._sync_bufs:
-            self._sync_bufs[0] = self._sync_bufs[0].clone()
-            self._sync_bufs[0][0] ^= 0xFF
-        send_plan(pg, self._sync_bufs)
-        self._sync_bufs = []
+        send_streaming(pg, self._sync_plan, self._sync_groups, corrupt=corrupt)
+        self._sync_groups, self._sync_plan = [], None
         return time.time() - t
 
     # ---- checkpoints ------------------------------------------------------------------------

@@ -97,6 +97,39 @@ def test_checksum_mismatch_is_an_error():
     assert err and "checksum" in err[0] and "v2" in err[0]
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_streamed_checksums_round_trip_and_catch_a_flipped_byte(corrupt):
+    """The learner's path: buckets packed while earlier ones travel, each checksum sent after its
+    bucket; a corrupted bucket is not loaded, the rest still arrive, then the error names it."""
+    from tempsamp.sync.weights import STREAMED, plan_buckets, send_streaming
+
+    groups = _pair(2)
+    named = _named()
+    plan, parts = plan_buckets(named, 2048, version=4)
+    assert len(plan.buckets) > 2 and all(b.checksum == STREAMED for b in plan.buckets)
+    got, err = {}, []
+
+    def recv():
+        try:
+            for part in receive_plan(groups[1], plan):
+                got.update(dict(part))
+        except WeightSyncError as e:
+            err.append(str(e))
+
+    t = threading.Thread(target=recv)
+    t.start()
+    send_streaming(groups[0], plan, parts, corrupt=corrupt)
+    t.join()
+    first = {ts.name for ts in plan.buckets[0].tensors}
+    if corrupt:
+        assert err and "v4" in err[0] and "bucket 0" in err[0]
+        assert not (first & set(got)) and set(got) == {k for k, _ in named} - first
+    else:
+        assert not err
+        for k, v in named:
+            assert torch.equal(got[k], v)
+
+
 @pytest.mark.slow
 def test_hf_engine_weights_equal_learner_after_sync(tiny_models):
     from tempsamp.models.loading import load_model

@@ -94,11 +94,17 @@ def to_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().reshape(-1).view(torch.uint8)
 
 
-def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
-                 version: int) -> tuple[SyncPlan, list[torch.Tensor]]:
-    """Pack tensors into flat uint8 buckets (each <= bucket_bytes unless one tensor is larger)."""
+STREAMED = -1  # BucketSpec.checksum: the checksum follows its bucket on the wire (see send_streaming)
+
+
+def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, version: int,
+                 checksums: bool = False) -> tuple[SyncPlan, list[list[torch.Tensor]]]:
+    """Layout of the buckets (each <= bucket_bytes unless one tensor is larger; every tensor starts
+    16-byte aligned so its bytes can be viewed as its dtype) without copying anything, and the tensors
+    of each bucket in order. `checksums=True` packs now and stores each bucket's checksum in the plan;
+    otherwise the plan says STREAMED and `send_streaming` sends each checksum after its bucket."""
     buckets: list[BucketSpec] = []
-    bufs: list[torch.Tensor] = []
+    groups: list[list[torch.Tensor]] = []
     cur: list[tuple[str, torch.Tensor]] = []
     cur_bytes = 0
 
@@ -106,19 +112,14 @@ def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
         nonlocal cur, cur_bytes
         if not cur:
             return
-        specs, parts, off = [], [], 0
+        specs, off = [], 0
         for name, t in cur:
-            pad = -off % ALIGN  # every tensor starts aligned, so its bytes can be viewed as its dtype
-            if pad:
-                parts.append(torch.zeros(pad, dtype=torch.uint8, device=t.device))
-                off += pad
-            raw = to_bytes(t)
-            specs.append(TensorSpec(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), off, raw.numel()))
-            parts.append(raw)
-            off += raw.numel()
-        buf = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
-        buckets.append(BucketSpec(nbytes=off, checksum=checksum(buf), tensors=tuple(specs)))
-        bufs.append(buf)
+            off += -off % ALIGN
+            n = t.numel() * t.element_size()
+            specs.append(TensorSpec(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), off, n))
+            off += n
+        buckets.append(BucketSpec(nbytes=off, checksum=STREAMED, tensors=tuple(specs)))
+        groups.append([t for _, t in cur])
         cur, cur_bytes = [], 0
 
     for name, t in named:
@@ -128,7 +129,44 @@ def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
         cur.append((name, t))
         cur_bytes += n
     flush()
-    return SyncPlan(version=version, buckets=tuple(buckets)), bufs
+    return SyncPlan(version=version, buckets=tuple(buckets)), groups
+
+
+def fill_bucket(spec: BucketSpec, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Copy a bucket's tensors into one flat uint8 buffer at their planned offsets."""
+    buf = torch.zeros(spec.nbytes, dtype=torch.uint8, device=tensors[0].device)
+    for ts, t in zip(spec.tensors, tensors):
+        buf[ts.offset: ts.offset + ts.nbytes].copy_(to_bytes(t))
+    return buf
+
+
+def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
+                 version: int) -> tuple[SyncPlan, list[torch.Tensor]]:
+    """Pack every bucket now, checksums in the plan (the simple, non-streamed path)."""
+    plan, groups = plan_buckets(named, bucket_bytes, version)
+    bufs = [fill_bucket(spec, g) for spec, g in zip(plan.buckets, groups)]
+    buckets = tuple(msgspec.structs.replace(spec, checksum=checksum(b)) for spec, b in zip(plan.buckets, bufs))
+    return SyncPlan(version=version, buckets=buckets), bufs
+
+
+def send_streaming(pg, plan: SyncPlan, groups: list[list[torch.Tensor]], corrupt: bool = False) -> None:
+    """Rank 0: pack bucket i, post its broadcast, checksum it while it travels, post the checksum,
+    pack bucket i+1 ... so packing and checksumming overlap the transfer. `corrupt` (fault injection)
+    flips a byte of bucket 0 after its checksum was taken."""
+    works = []
+    for i, (spec, tensors) in enumerate(zip(plan.buckets, groups)):
+        buf = fill_bucket(spec, tensors)
+        crc = checksum(buf)
+        if corrupt and i == 0:
+            buf[0] ^= 0xFF
+        works.append((pg.broadcast(buf, 0), buf))
+        works.append((pg.broadcast(torch.tensor([crc], dtype=torch.int64, device=buf.device), 0), None))
+        if len(works) > 2 * IN_FLIGHT:  # bound the memory held by buckets in flight
+            for w, _ in works[: 2]:
+                w.wait()
+            works = works[2:]
+    for w, _ in works:
+        w.wait()
 
 
 def unpack_bucket(spec: BucketSpec, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -164,20 +202,28 @@ def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify:
         nonlocal nxt
         spec = plan.buckets[nxt]
         buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
-        pending.append((nxt, spec, buf, pg.broadcast(buf, 0)))
+        work = pg.broadcast(buf, 0)
+        crc_t = crc_work = None
+        if spec.checksum == STREAMED:
+            crc_t = torch.zeros(1, dtype=torch.int64, device=device)
+            crc_work = pg.broadcast(crc_t, 0)
+        pending.append((nxt, spec, buf, work, crc_t, crc_work))
         nxt += 1
 
     while nxt < len(plan.buckets) and len(pending) < max(1, in_flight):
         post()
     while pending:
-        i, spec, buf, work = pending.pop(0)
+        i, spec, buf, work, crc_t, crc_work = pending.pop(0)
         work.wait()
+        if crc_work is not None:
+            crc_work.wait()
         if nxt < len(plan.buckets):
             post()
         if verify:
+            want = int(crc_t.item()) if crc_t is not None else spec.checksum
             got = checksum(buf)
-            if got != spec.checksum:
-                bad.append(f"bucket {i} checksum {got} != {spec.checksum}")
+            if got != want:
+                bad.append(f"bucket {i} checksum {got} != {want}")
                 continue
         yield unpack_bucket(spec, buf)
     if bad:
