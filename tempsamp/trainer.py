@@ -287,7 +287,8 @@ class Trainer:
         import ray
 
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        steps = ray.get([l.load_shard.remote(str(ckpt)) for l in self.pools.learners])
+        steps = ray.get([l.load_shard.remote(str(ckpt)) for l in self.pools.learners],
+                        timeout=self.cfg.trainer.step_timeout_s)
         self.step = int(state["step"])
         if any(s != self.step for s in steps):
             raise RuntimeError(f"{ckpt}: learner shards at steps {steps}, trainer state at {self.step}")
@@ -305,9 +306,10 @@ class Trainer:
         tmp = root / f"global_step_{self.step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        ray.get([l.save_shard.remote(str(tmp)) for l in self.pools.learners])
+        ray.get([l.save_shard.remote(str(tmp)) for l in self.pools.learners], timeout=self.cfg.trainer.step_timeout_s)
         if self.cfg.checkpoint.export_hf:
-            ray.get([l.export_hf.remote(str(tmp / "actor")) for l in self.pools.learners])
+            ray.get([l.export_hf.remote(str(tmp / "actor")) for l in self.pools.learners],
+                    timeout=self.cfg.trainer.step_timeout_s)
         state = {"step": self.step, "version": self.version, "sampler": msgspec.to_builtins(self.sampler.state),
                  "rng": _rng_state(), "config": _public_config(self.cfg), "model_dir": self.model_dir}
         (tmp / "trainer_state.json").write_text(json.dumps(state))
