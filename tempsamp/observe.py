@@ -88,6 +88,9 @@ class DashboardMetrics:
                                              "metric": metric.replace("@", "_at_")})
 
 
+_GCS_STATE: dict = {}  # gcs address -> Ray's GlobalState client (one per cluster, not one per step)
+
+
 def object_store_bytes() -> float:
     """Bytes used in the Ray object store, cluster-wide (NaN when unavailable). Ray has no public API
     for this; `ray memory` uses the same raylet call, so we do too."""
@@ -96,8 +99,11 @@ def object_store_bytes() -> float:
 
         import ray
 
-        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address),
-                                      timeout_seconds=10.0)
+        addr = ray.get_runtime_context().gcs_address
+        if addr not in _GCS_STATE:
+            _GCS_STATE.clear()
+            _GCS_STATE[addr] = get_state_from_address(addr)
+        reply = get_memory_info_reply(_GCS_STATE[addr], timeout_seconds=10.0)
         return float(reply.store_stats.object_store_bytes_used)
     except Exception:  # metrics must never break a run
         return float("nan")

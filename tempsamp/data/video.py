@@ -196,8 +196,9 @@ def decode_video(path: str | os.PathLike, params: VideoParams) -> VideoSample:
 
 
 def decode_frames(path: str | os.PathLike, indices: list[int], params: VideoParams) -> VideoSample:
-    """Exactly these source frames, resized by the same pixel rules (a "still video" for per-frame
-    questions; each index is given twice so Qwen's temporal patch of 2 sees one frame)."""
+    """Exactly these source frames, resized by the same pixel rules. Re-framing asks per-frame
+    questions with a "still video": it passes one frame twice ([f, f]) so Qwen's temporal patch of 2
+    sees that single frame."""
     import decord
 
     path = str(path)
@@ -208,7 +209,7 @@ def decode_frames(path: str | os.PathLike, indices: list[int], params: VideoPara
     except Exception as e:
         raise VideoDecodeError(f"{path}: cannot read frames {indices[:5]}: {type(e).__name__}: {str(e)[:200]}") from None
     h0, w0 = raw.shape[1:3]
-    smart_nframes, smart_resize, _ = _qwen_rules()
+    _, smart_resize, _ = _qwen_rules()
     h, w = smart_resize(h0, w0, factor=params.image_factor, min_pixels=params.min_pixels,
                         max_pixels=params.max_pixels)
     meta = VideoMeta(path=path, source_fps=fps, total_num_frames=total, frame_indices=list(indices),
