@@ -327,7 +327,7 @@ class Trainer:
     # chain resubmitted; a bad video is skipped (counted, logged) or stops the run (data.on_bad_sample).
     def _launch_rollout(self, step: int) -> dict:
         epoch, idx = self.sampler.next()
-        st = {"step": step, "epoch": epoch, "indices": list(idx), "skipped": [], "t0": time.time()}
+        st = {"step": step, "epoch": epoch, "indices": list(idx)}
         p = self.pools
         st["decoder"] = [j % len(p.decode) for j in range(len(idx))]
         st["video_refs"], st["status_refs"] = [], []
@@ -364,13 +364,16 @@ class Trainer:
             reqs = [PromptRequest(key=j, prompt_text=self.prompts[st["indices"][j]]) for j in js]
             st["roll"][k][2] = p.engines[e].generate.remote(reqs, spec, *[st["video_refs"][j] for j in js])
 
-    def _submit_reward(self, st: dict) -> None:
+    def _submit_reward(self, st: dict, rollouts: list | None = None) -> None:
+        """Score the step's rollouts: the engines' refs on the fast path, or the already collected
+        groups when only the reward call is redone. The driver waits on the small metrics object;
+        the batch itself goes from the object store to the learners."""
         p = self.pools
         idx = st["indices"]
         st["reward_i"] = st["step"] % len(p.reward)
-        st["batch_ref"] = p.reward[st["reward_i"]].score.remote(
+        st["batch_ref"], st["metrics_ref"] = p.reward[st["reward_i"]].score_with_metrics.remote(
             st["step"], [self.answers[i] for i in idx], [self.prompts[i] for i in idx], st["video_refs"],
-            *[r[2] for r in st["roll"]])
+            *(rollouts if rollouts is not None else [r[2] for r in st["roll"]]))
 
     def _retry_budget(self, st: dict, stage: str, what: str) -> None:
         st.setdefault("attempts", {}).setdefault(stage, 0)
@@ -438,9 +441,9 @@ class Trainer:
                 self.pools.sync_weights(self.version)
             self._submit_rollouts(st, only=failed)
 
-    def _collect_reward(self, st: dict):
+    def _collect_reward(self, st: dict) -> dict:
         while True:
-            (kind, val), = wait_classified([st["batch_ref"]], self.cfg.trainer.call_timeout_s)
+            (kind, val), = wait_classified([st["metrics_ref"]], self.cfg.trainer.call_timeout_s)
             if kind == "ok":
                 return val
             i = st["reward_i"]
@@ -450,9 +453,7 @@ class Trainer:
             else:
                 log.warning("step %d: %s: %s — retrying", st["step"], what, error_text(val))
             self._retry_budget(st, "reward", what)
-            st["batch_ref"] = self.pools.reward[i].score.remote(
-                st["step"], [self.answers[x] for x in st["indices"]], [self.prompts[x] for x in st["indices"]],
-                st["video_refs"], *st["groups"])
+            self._submit_reward(st, st["groups"])
 
     def _collect(self, st: dict) -> tuple[dict, dict]:
         """Wait for decode -> rollout -> reward of a launched step, repairing as needed."""
@@ -465,9 +466,9 @@ class Trainer:
         t_roll = time.time()
         if changed or roll_changed:
             self._submit_reward(st)
-        batch = self._collect_reward(st)
+        metrics = self._collect_reward(st)
         t_rew = time.time()
-        return batch.metrics, {"decode": t_dec - t0, "rollout": t_roll - t_dec, "reward": t_rew - t_roll}
+        return metrics, {"decode": t_dec - t0, "rollout": t_roll - t_dec, "reward": t_rew - t_roll}
 
     def run(self) -> dict:
         import ray

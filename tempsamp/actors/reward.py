@@ -23,6 +23,12 @@ class RewardActor(FaultHooks):
     def ping(self) -> bool:
         return True
 
+    @ray.method(num_returns=2)
+    def score_with_metrics(self, step: int, answers: list, prompt_texts: list, videos: list, *rollouts):
+        """(batch, its metrics): the driver waits on the small metrics dict and never pulls the batch."""
+        batch = self.score(step, answers, prompt_texts, videos, *rollouts)
+        return batch, batch.metrics
+
     def score(self, step: int, answers: list, prompt_texts: list, videos: list, *rollouts) -> TrainBatch:
         """`videos` is a list of ObjectRefs (kept as refs: the learner fetches them); `rollouts` are
         top-level refs of each engine's list[RolloutGroup]."""
