@@ -41,14 +41,12 @@ class EvalReport(msgspec.Struct):
 
 
 def eval_video_params(cfg: Config, family: str) -> VideoParams:
-    """The evaluation protocol's decode parameters (RECIPE.md: min_pixels 65,536, no max_frames)."""
-    from ..data.video import _FAMILY_PATCH
-
+    """The evaluation protocol's decode parameters (RECIPE.md: min_pixels 65,536, no max_frames):
+    the training video config with the eval fields swapped in."""
     e = cfg.eval
-    return VideoParams(fps=e.fps, min_frames=cfg.video.min_frames, max_frames=e.max_frames, min_pixels=e.min_pixels,
-                       max_pixels=e.max_pixels, total_pixels=e.total_pixels,
-                       patch_size=cfg.video.patch_size or _FAMILY_PATCH.get(family, 16),
-                       merge_size=cfg.video.merge_size)
+    video = msgspec.structs.replace(cfg.video, fps=e.fps, max_frames=e.max_frames, min_pixels=e.min_pixels,
+                                    max_pixels=e.max_pixels, total_pixels=e.total_pixels)
+    return VideoParams.from_config(video, family)
 
 
 def resolve_model_dir(model: str, base_model: str | None, work_dir: str | Path) -> str:
@@ -272,10 +270,10 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
              len(samples) - len(todo), len(todo))
     model_dir = resolve_model_dir(model, base_model, out)
     generated, skipped = 0, {ds: list(ids) for ds, ids in missing.items() if ids}
+    params = eval_video_params(cfg, detect_family(model_dir))
     if todo:
         init_ray()
         processor = load_processor(model_dir)
-        params = eval_video_params(cfg, detect_family(model_dir))
         backend = e.backend if e.backend != "auto" else ("vllm" if cfg.placement.use_gpus else "hf")
         kw, env = engine_kwargs(cfg, backend)
         gpus = cfg.rollout.tensor_parallel_size if cfg.placement.use_gpus else 0
@@ -305,7 +303,7 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
         for ds, ids in bad.items():
             skipped.setdefault(ds, []).extend(ids)
     extra = {"model": model, "base_model": base_model or "", "bench_dir": e.bench_dir,
-             "video_params": eval_video_params(cfg, detect_family(model_dir)).as_dict(),
+             "video_params": params.as_dict(),
              "max_new_tokens": e.max_new_tokens, "skipped_videos": skipped}
     metrics, pj, mj, md = write_outputs(read_predictions(pred_path), wanted, datasets, out, e.parse_mode, extra)
     return EvalReport(metrics=metrics, predictions=str(pj), metrics_json=str(mj), table_md=str(md),
