@@ -45,6 +45,9 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype = "float32", devi
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     attn = pick_attn_implementation(attn_implementation, device)
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dt, attn_implementation=attn)
+    from .mrope import install
+
+    install(model)  # Qwen2.5-VL video positions as trained and as vLLM computes them (see mrope.py)
     return model.to(device)
 
 
