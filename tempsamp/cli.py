@@ -188,6 +188,13 @@ def cmd_demo(a) -> int:
     return run_demo(a.out, steps=a.steps, quick=a.quick)
 
 
+def cmd_recipe_check(a) -> int:
+    from .recipe_check import run_recipe_check
+
+    run_recipe_check(a.out, steps=a.steps, config=a.config, overrides=a.overrides)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="tempsamp", description=__doc__)
@@ -249,8 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="reduced demo (CI)")
+    p = sub.add_parser("recipe-check", help="in-process (no Ray) GRPO vs TempSamp curves on synthetic data")
+    p.add_argument("--out", default="outputs/recipe_check")
+    p.add_argument("--steps", type=int, default=80, help="steps per algorithm (default 80, ~10 min for both on 2 cores)")
+    p.add_argument("--config", default=None, help="default: jobs/configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-3")
     a = ap.parse_args(argv)
-    handlers = {"convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
+    handlers = {"recipe-check": cmd_recipe_check, "convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
                 "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
                 "reframe": cmd_reframe, "reframe-check": cmd_reframe_check, "reframe-preview": cmd_reframe_preview}
     from .config import ConfigError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 
-import msgspec
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -15,6 +14,7 @@ from ..placement.plan import Plan, create_placement_groups
 from ..sync.weights import free_port
 from .decode import DecodeActor
 from .learner import LearnerActor
+from ..algo.batch import reward_options
 from .reward import RewardActor
 from .rollout import RolloutActor
 
@@ -54,14 +54,14 @@ class Pools:
         d, r = cfg.data, cfg.rollout
         mode = d.video_source_mode if d.use_preprocessed else "realtime_only"
         kw, env = engine_kwargs(cfg, r.backend)
-        rc, ac = msgspec.to_builtins(cfg.reward), msgspec.to_builtins(cfg.algorithm)
+        reward_opts = reward_options(cfg)
         self._factories = {
             "decode": lambda i, name: DecodeActor.options(**_opts(plan, self.pgs, "decode", i, name)).remote(
                 params, d.preprocessed_video_dir, mode, d.rebuild_cache),
             "rollout": lambda i, name: RolloutActor.options(runtime_env=env, **_opts(plan, self.pgs, "rollout", i, name)
                                                             ).remote(r.backend, model_dir, name, kw),
             "reward": lambda i, name: RewardActor.options(**_opts(plan, self.pgs, "reward", i, name)).remote(
-                model_dir, r.n, cfg.algorithm.gt_injection_enabled(), rc, ac),
+                model_dir, reward_opts),
         }
         self.generation: dict[tuple[str, int], int] = {}
         self.restarts = {"decode": 0, "rollout": 0, "reward": 0}

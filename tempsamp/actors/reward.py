@@ -10,15 +10,15 @@ from .faults import FaultHooks
 
 @ray.remote
 class RewardActor(FaultHooks):
-    def __init__(self, model_dir: str, n: int, gt_injection: bool, reward_cfg: dict, algo_cfg: dict):
+    def __init__(self, model_dir: str, options: dict):
+        """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps)."""
         from ..models.loading import load_processor
 
         tok = load_processor(model_dir).tokenizer
         self.encode = lambda text: tok.encode(text, add_special_tokens=False)
         self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.n, self.gt_injection = n, gt_injection
-        self.r, self.a = reward_cfg, algo_cfg
+        self.options = options
 
     def ping(self) -> bool:
         return True
@@ -35,9 +35,5 @@ class RewardActor(FaultHooks):
         self._maybe_fault("score")
         groups = [g for part in rollouts for g in part]
         return build_train_batch(
-            groups, [tuple(a) for a in answers], prompt_texts, videos, n=self.n, step=step, encode=self.encode,
-            eos_id=self.eos_id, pad_id=self.pad_id, gt_injection=self.gt_injection, gt_index=self.a["gt_index"],
-            format_weight=self.r["format_weight"], strict_format=self.r["strict_format"], shaping=self.r["shaping"],
-            shaping_threshold=self.r["shaping_threshold"], shaping_alpha=self.r["shaping_alpha"],
-            adv_eps=self.a["adv_eps"],
-        )
+            groups, [tuple(a) for a in answers], prompt_texts, videos, step=step, encode=self.encode,
+            eos_id=self.eos_id, pad_id=self.pad_id, **self.options)

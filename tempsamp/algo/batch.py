@@ -51,6 +51,14 @@ class TrainBatch:
         return sum(len(g.advantages) for g in self.groups)
 
 
+def reward_options(cfg) -> dict:
+    """`build_train_batch`'s reward/advantage keyword arguments from a `Config` (the one mapping)."""
+    r, a = cfg.reward, cfg.algorithm
+    return dict(n=cfg.rollout.n, gt_injection=a.gt_injection_enabled(), gt_index=a.gt_index,
+                format_weight=r.format_weight, strict_format=r.strict_format, shaping=r.shaping,
+                shaping_threshold=r.shaping_threshold, shaping_alpha=r.shaping_alpha, adv_eps=a.adv_eps)
+
+
 def build_train_batch(
     groups: Sequence[RolloutGroup],
     answers: Sequence[tuple[float, float]],
