@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/tempsamp demo --out outputs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout 900 tests
+	$(BIN)/python -m pytest -q --timeout 900 --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decode.py

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="reduced demo (CI)")
     p = sub.add_parser("recipe-check", help="in-process (no Ray) GRPO vs TempSamp curves on synthetic data")
     p.add_argument("--out", default="outputs/recipe_check")
-    p.add_argument("--steps", type=int, default=80, help="steps per algorithm (default 80, ~10 min for both on 2 cores)")
+    p.add_argument("--steps", type=int, default=80, help="steps per algorithm (default 80, ~12 min for both on 2 cores)")
     p.add_argument("--config", default=None, help="default: jobs/configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-3")
     a = ap.parse_args(argv)

@@ -20,29 +20,9 @@ import torch
 
 from .algo.batch import build_train_batch, reward_options
 from .config import Config, load_config
-from .rollout.base import RolloutGroup
 
 CURVE_KEYS = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt", "reward/raw_score_mean_no_gt",
               "adv/zero_groups", "learn/gt_logp_per_token")
-
-
-def _rollout(core, inputs, keys, cfg: Config, step: int, eos_id: int, pad_id: int) -> list[RolloutGroup]:
-    from .models.policy import generate
-
-    r = cfg.rollout
-    tok = core.processor.tokenizer
-    core.model.eval()
-    groups = []
-    for key, inp in zip(keys, inputs):
-        ids, mask, lp = generate(core.model, inp, n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                 top_p=r.top_p, top_k=r.top_k, eos_id=eos_id, pad_id=pad_id,
-                                 seed=r.seed * 100003 + step * 101 + key)
-        lens = mask.sum(1).tolist()
-        rows = [ids[i, : lens[i]].tolist() for i in range(ids.shape[0])]
-        groups.append(RolloutGroup(key=key, response_ids=rows, texts=tok.batch_decode(rows, skip_special_tokens=True),
-                                   logprobs=[lp[i, : lens[i]].tolist() for i in range(ids.shape[0])],
-                                   weight_version=step))
-    return groups
 
 
 def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, echo: bool = True) -> list[dict]:
@@ -51,7 +31,9 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     from .data.video import VideoParams, decode_video
     from .learner_core import LearnerCore
     from .models.loading import detect_family
-    from .models.policy import build_inputs, render_prompt
+    from .models.policy import build_inputs, render_prompt, special_ids
+    from .rollout.base import SamplingSpec
+    from .rollout.hf import sample_group
     from .trainer import EpochSampler
 
     torch.manual_seed(cfg.data.seed)
@@ -62,8 +44,8 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     steps = cfg.trainer.max_steps
     core = LearnerCore(cfg, model_dir, total_steps=steps, device="cpu")
     tok = core.processor.tokenizer
-    eos_id = tok.convert_tokens_to_ids("<|im_end|>")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+    eos_id, pad_id = special_ids(tok)
+    r = cfg.rollout
     videos = [decode_video(r.video, params) for r in records]  # decoded once for the whole run
     prompts = [render_prompt(core.processor, r.problem) for r in records]
     inputs = [build_inputs(core.processor, p, v) for p, v in zip(prompts, videos)]
@@ -75,7 +57,11 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
         for step in range(1, steps + 1):
             t0 = time.time()
             _, idx = sampler.next()
-            groups = _rollout(core, [inputs[i] for i in idx], list(range(len(idx))), cfg, step, eos_id, pad_id)
+            # rollout: HF generate on the learner's own model (exactly on-policy); prompt j seeds with seed + j
+            spec = SamplingSpec(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, seed=r.seed * 100003 + step * 101)
+            core.model.eval()
+            groups = [sample_group(core.model, tok, inputs[i], j, spec, step) for j, i in enumerate(idx)]
             t_roll = time.time() - t0
             batch = build_train_batch(groups, [records[i].span() for i in idx], [prompts[i] for i in idx],
                                       [videos[i] for i in idx], step=step, eos_id=eos_id, pad_id=pad_id,

@@ -13,11 +13,11 @@ class RewardActor(FaultHooks):
     def __init__(self, model_dir: str, options: dict):
         """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps)."""
         from ..models.loading import load_processor
+        from ..models.policy import special_ids
 
         tok = load_processor(model_dir).tokenizer
         self.encode = lambda text: tok.encode(text, add_special_tokens=False)
-        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.eos_id, self.pad_id = special_ids(tok)
         self.options = options
 
     def ping(self) -> bool:

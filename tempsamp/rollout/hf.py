@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from ..models.loading import load_model, load_processor
-from ..models.policy import PromptInputs, build_inputs, generate
+from ..models.policy import PromptInputs, build_inputs, generate, special_ids
 from ..sync.weights import SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
 from .base import RolloutGroup, SamplingSpec
+
+
+def sample_group(model, tokenizer, inputs: PromptInputs, key: int, spec: SamplingSpec, version: int,
+                 engine: str = "") -> RolloutGroup:
+    """spec.n responses of `model` to one prompt (seed spec.seed + key) as a RolloutGroup."""
+    eos_id, pad_id = special_ids(tokenizer)
+    seed = None if spec.seed is None else spec.seed + key
+    ids, mask, lp = generate(model, inputs, n=spec.n, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
+                             top_p=spec.top_p, top_k=spec.top_k, eos_id=eos_id, pad_id=pad_id, greedy=spec.greedy,
+                             seed=seed)
+    lens = mask.sum(1).tolist()
+    rows = [ids[r, : lens[r]].tolist() for r in range(ids.shape[0])]
+    return RolloutGroup(key=key, response_ids=rows, texts=tokenizer.batch_decode(rows, skip_special_tokens=True),
+                        logprobs=[lp[r, : lens[r]].tolist() for r in range(ids.shape[0])], weight_version=version,
+                        engine=engine)
 
 
 class HFEngine:
@@ -14,9 +29,7 @@ class HFEngine:
         self.model = load_model(model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation)
         self.model.eval()
         self.processor = load_processor(model_dir)
-        tok = self.processor.tokenizer
-        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.eos_id, self.pad_id = special_ids(self.processor.tokenizer)
         self.name, self.version, self.device = name, 0, device
         self._pg = None
 
@@ -24,21 +37,9 @@ class HFEngine:
         return build_inputs(self.processor, prompt_text, video)
 
     def generate(self, requests: list, videos: list, spec: SamplingSpec) -> list[RolloutGroup]:
-        groups = []
-        for req, video in zip(requests, videos):
-            inp = self.inputs(req.prompt_text, video)
-            seed = None if spec.seed is None else spec.seed + req.key
-            ids, mask, lp = generate(self.model, inp, n=spec.n, max_new_tokens=spec.max_new_tokens,
-                                     temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
-                                     eos_id=self.eos_id, pad_id=self.pad_id, greedy=spec.greedy, seed=seed)
-            lens = mask.sum(1).tolist()
-            rows = [ids[r, : lens[r]].tolist() for r in range(ids.shape[0])]
-            groups.append(RolloutGroup(
-                key=req.key, response_ids=rows,
-                texts=self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True),
-                logprobs=[lp[r, : lens[r]].tolist() for r in range(ids.shape[0])],
-                weight_version=self.version, engine=self.name))
-        return groups
+        return [sample_group(self.model, self.processor.tokenizer, self.inputs(req.prompt_text, video), req.key, spec,
+                             self.version, self.name)
+                for req, video in zip(requests, videos)]
 
     def init_weight_group(self, host, port, rank, world_size, backend, timeout_s) -> bool:
         self._pg, self._store = make_group(host, port, rank, world_size, backend, timeout_s)
