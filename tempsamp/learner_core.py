@@ -113,6 +113,13 @@ class LearnerCore:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
+    def _sum_all(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
     def train_step(self, batch: TrainBatch, videos: dict) -> dict:
         """One optimizer step per mini-batch (default 1) over the rollout batch. `videos`: key -> sample."""
         t0 = time.time()
@@ -123,9 +130,20 @@ class LearnerCore:
         micro = self._micro_batches(batch, inputs)
         n_micro = self._count_all(len(micro))
         total_tokens = max(1, batch.total_tokens)
-        # FSDP averages gradients over ranks: scale so the sum over ranks is the global token mean.
-        denom = total_tokens / self.world
-        n_seqs = batch.rows / self.world
+        # mini-batches: contiguous chunks of each rank's micro-batches, one optimizer step each; the loss
+        # of a chunk is its token (or sequence) mean over all ranks, so each step's gradient - and the
+        # grad-norm clip - is on the scale of one mini-batch, as with one mini-batch per step
+        chunks = max(1, cfg.learner.mini_batches_per_step)
+        per_chunk = math.ceil(n_micro / chunks) if n_micro else 0
+        counts = [0.0] * (2 * chunks)
+        for k, (gi, sl) in enumerate(micro):
+            c = min(k // max(1, per_chunk), chunks - 1)
+            counts[c] += float(batch.groups[gi].response_mask[sl].sum())
+            counts[chunks + c] += float(batch.groups[gi].response_mask[sl].shape[0])
+        counts = self._sum_all(counts)
+        # FSDP averages gradients over ranks: scale so the sum over ranks is the global mean.
+        denoms = [max(1.0, counts[c]) / self.world for c in range(chunks)]
+        seq_denoms = [max(1.0, counts[chunks + c]) / self.world for c in range(chunks)]
         metrics = {"loss": 0.0, "clipfrac": 0.0, "kl": 0.0}
         gt_lp_sum, gt_tok, on_lp_sum, on_tok = 0.0, 0.0, 0.0, 0.0
         need_old = cfg.learner.ppo_epochs > 1 or cfg.learner.mini_batches_per_step > 1
@@ -139,9 +157,6 @@ class LearnerCore:
         updates = 0
         gnorm = 0.0
         for _ in range(cfg.learner.ppo_epochs):
-            # mini-batches: contiguous chunks of this rank's micro-batches, each one optimizer step
-            chunks = max(1, cfg.learner.mini_batches_per_step)
-            per_chunk = math.ceil(n_micro / chunks) if n_micro else 0
             for c in range(chunks):
                 lo, hi = c * per_chunk, min(n_micro, (c + 1) * per_chunk)
                 if lo >= hi and c > 0:
@@ -158,11 +173,12 @@ class LearnerCore:
                     old_lp = old[k].to(lp.device) if (need_old and not dummy) else lp.detach()
                     adv = torch.as_tensor(g.advantages[sl]).to(lp.device)
                     loss, pm = policy_loss(lp, old_lp, adv, m, ac.clip_ratio_low, ac.clip_ratio_high,
-                                           ac.clip_ratio_dual, ac.loss_agg_mode, global_tokens=denom, global_seqs=n_seqs)
+                                           ac.clip_ratio_dual, ac.loss_agg_mode, global_tokens=denoms[c],
+                                           global_seqs=seq_denoms[c])
                     if self.ref is not None and not dummy:
                         with torch.no_grad():
                             ref_lp = response_logprobs(self.ref, inp, ids, mask)
-                        kl = (kl_penalty(lp, ref_lp, ac.kl_type) * m).sum() / denom
+                        kl = (kl_penalty(lp, ref_lp, ac.kl_type) * m).sum() / denoms[c]
                         loss = loss + ac.kl_coef * kl
                         metrics["kl"] += float(kl.detach()) / self.world / max(1, cfg.learner.ppo_epochs)
                     if not dummy:
@@ -195,6 +211,9 @@ class LearnerCore:
                              device=self.device if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(t)
             gt_lp_sum, gt_tok, on_lp_sum, on_tok, metrics["loss"], metrics["clipfrac"], metrics["kl"] = t.tolist()
+        per_epoch = max(1, updates // max(1, cfg.learner.ppo_epochs))  # each mini-batch's loss is its own mean
+        metrics["loss"] /= per_epoch
+        metrics["kl"] /= per_epoch
         metrics["gt_logp_per_token"] = gt_lp_sum / gt_tok if gt_tok else float("nan")
         metrics["onpolicy_logp_per_token"] = on_lp_sum / on_tok if on_tok else float("nan")
         metrics.update({"grad_norm": gnorm, "lr": self.sched.get_last_lr()[0], "updates": updates,

@@ -79,6 +79,34 @@ def test_grpo_all_zero_rewards_means_no_update(tiny_models, synth):
 
 
 @pytest.mark.slow
+def test_each_mini_batch_step_is_normalised_by_its_own_tokens(tiny_models, synth):
+    """With 2 mini-batches per step, the first optimizer step sees exactly the gradient a 1-mini-batch
+    learner computes on the first prompt group alone (its own token mean, clipped on that scale)."""
+    from tempsamp.algo.batch import TrainBatch
+    from tempsamp.learner_core import LearnerCore
+
+    path = tiny_models("qwen2_5_vl")
+    batch, videos = _batch(path, synth)
+    assert batch.groups[0].tokens != batch.groups[1].tokens  # the old global-token scaling would differ
+    first_only = TrainBatch(groups=batch.groups[:1], step=1)
+    norms = {}
+    for name, b, ov in (("two", batch, "learner.mini_batches_per_step=2"), ("one", first_only, "learner.ppo_epochs=1")):
+        core = LearnerCore(_cfg(ov, "learner.grad_clip=1e9"), path, total_steps=10)
+        seen = []
+        step = core.opt.step
+
+        def record(*a, _seen=seen, _core=core, _step=step, **k):
+            _seen.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in _core.params if p.grad is not None))))
+            return _step(*a, **k)
+
+        core.opt.step = record
+        core.train_step(b, videos)
+        norms[name] = seen
+    assert len(norms["two"]) == 2 and len(norms["one"]) == 1
+    assert norms["two"][0] == pytest.approx(norms["one"][0], rel=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.ray
 def test_two_rank_fsdp2_matches_single_rank(tiny_models, synth):
     import ray
