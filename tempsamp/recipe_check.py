@@ -131,17 +131,23 @@ def run_recipe_check(out: str = "outputs/recipe_check", steps: int | None = None
     from .models.tiny import build_tiny_model
 
     out_p = Path(out).absolute()
-    out_p.mkdir(parents=True, exist_ok=True)
-    data = generate(out_p / "data", n_train=n_train, n_bench=2, seed=0)
-    base = load_config(config or DEMO_CONFIG, [], env={})
-    model_dir = str(build_tiny_model(out_p / "models" / f"tiny_{base.model.tiny_family}", base.model.tiny_family))
-    curves = {}
-    for algo in algorithms:
+    data_dir = out_p / "data"
+    train_jsonl = data_dir / "train.jsonl"
+
+    def algo_config(algo: str) -> Config:
         ov = [f"algorithm.name={algo}", f"reward.shaping={'true' if algo == 'tempsamp' else 'false'}",
-              f"data.train_files=[{data['train_jsonl']}]", *(overrides or [])]
+              f"data.train_files=[{train_jsonl}]", *(overrides or [])]
         if steps is not None:
             ov.append(f"trainer.max_steps={steps}")
-        cfg = load_config(config or DEMO_CONFIG, ov, env={})
+        return load_config(config or DEMO_CONFIG, ov, env={})
+
+    configs = {algo: algo_config(algo) for algo in algorithms}  # a bad config or override fails here, first
+    out_p.mkdir(parents=True, exist_ok=True)
+    generate(data_dir, n_train=n_train, n_bench=2, seed=0)  # writes data_dir/train.jsonl
+    family = next(iter(configs.values())).model.tiny_family
+    model_dir = str(build_tiny_model(out_p / "models" / f"tiny_{family}", family))
+    curves = {}
+    for algo, cfg in configs.items():
         print(f"recipe-check: {algo}, {cfg.trainer.max_steps} steps, lr {cfg.learner.lr:g}, "
               f"{cfg.learner.mini_batches_per_step} update(s)/step, in-process (no Ray)", flush=True)
         curves[algo] = run_algorithm(cfg, model_dir, out_p / f"{algo}.jsonl")

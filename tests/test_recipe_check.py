@@ -6,9 +6,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_recipe_check_short(tmp_path, capsys):
     from tempsamp.recipe_check import run_recipe_check
 
@@ -29,3 +27,12 @@ def test_recipe_check_short(tmp_path, capsys):
     assert ts[-1]["learn/gt_logp_per_token"] > ts[0]["learn/gt_logp_per_token"] + 0.5
     assert summary["tempsamp"]["learn/gt_logp_per_token"]["max"] == max(r["learn/gt_logp_per_token"] for r in ts)
     assert (tmp_path / "summary.json").exists()
+
+
+def test_recipe_check_bad_override_fails_before_any_work(tmp_path):
+    from tempsamp.config import ConfigError
+    from tempsamp.recipe_check import run_recipe_check
+
+    with pytest.raises(ConfigError, match="learner.lrr"):
+        run_recipe_check(str(tmp_path / "out"), steps=1, overrides=["learner.lrr=1"])
+    assert not (tmp_path / "out").exists()
