@@ -27,17 +27,16 @@ CURVE_KEYS = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt", "reward/raw_s
 
 def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, echo: bool = True) -> list[dict]:
     """Train `cfg.trainer.max_steps` steps in this process; one metrics row per step."""
-    from .data.records import read_records
     from .data.video import VideoParams, decode_video
     from .learner_core import LearnerCore
     from .models.loading import detect_family
     from .models.policy import build_inputs, render_prompt, special_ids
     from .rollout.base import SamplingSpec
     from .rollout.hf import sample_group
-    from .trainer import EpochSampler
+    from .trainer import EpochSampler, load_dataset
 
     torch.manual_seed(cfg.data.seed)
-    records = [r for f in cfg.data.train_files for r in read_records(f, cfg.data.video_root or None)[0]]
+    records, _ = load_dataset(cfg)  # same checks and bad-sample policy as `tempsamp train`
     if not records:
         raise ValueError(f"no training records in {list(cfg.data.train_files)}")
     params = VideoParams.from_config(cfg.video, detect_family(model_dir))
@@ -45,9 +44,8 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     core = LearnerCore(cfg, model_dir, total_steps=steps, device="cpu")
     tok = core.processor.tokenizer
     eos_id, pad_id = special_ids(tok)
-    r = cfg.rollout
-    videos = [decode_video(r.video, params) for r in records]  # decoded once for the whole run
-    prompts = [render_prompt(core.processor, r.problem) for r in records]
+    videos = [decode_video(rec.video, params) for rec in records]  # decoded once for the whole run
+    prompts = [render_prompt(core.processor, rec.problem) for rec in records]
     inputs = [build_inputs(core.processor, p, v) for p, v in zip(prompts, videos)]
     sampler = EpochSampler(len(records), cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
     opts = reward_options(cfg)
@@ -58,8 +56,7 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
             t0 = time.time()
             _, idx = sampler.next()
             # rollout: HF generate on the learner's own model (exactly on-policy); prompt j seeds with seed + j
-            spec = SamplingSpec(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                max_new_tokens=r.max_new_tokens, seed=r.seed * 100003 + step * 101)
+            spec = SamplingSpec.from_rollout(cfg.rollout, cfg.rollout.seed * 100003 + step * 101)
             core.model.eval()
             groups = [sample_group(core.model, tok, inputs[i], j, spec, step) for j, i in enumerate(idx)]
             t_roll = time.time() - t0

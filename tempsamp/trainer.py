@@ -343,8 +343,7 @@ class Trainer:
         from .rollout.base import SamplingSpec
 
         r = self.cfg.rollout
-        return SamplingSpec(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                            max_new_tokens=r.max_new_tokens, seed=None if r.seed is None else r.seed * 100003 + step)
+        return SamplingSpec.from_rollout(r, None if r.seed is None else r.seed * 100003 + step)
 
     def _submit_rollouts(self, st: dict, only: list[int] | None = None) -> None:
         """(Re)submit generate calls: prompt j of the step goes to engine j % engines."""

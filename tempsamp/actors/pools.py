@@ -9,12 +9,12 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..algo.batch import reward_options
 from ..data.video import VideoParams
 from ..placement.plan import Plan, create_placement_groups
 from ..sync.weights import free_port
 from .decode import DecodeActor
 from .learner import LearnerActor
-from ..algo.batch import reward_options
 from .reward import RewardActor
 from .rollout import RolloutActor
 

@@ -14,6 +14,13 @@ class SamplingSpec(msgspec.Struct, frozen=True):
     greedy: bool = False
     seed: int | None = None
 
+    @classmethod
+    def from_rollout(cls, rollout_cfg, seed: int | None) -> "SamplingSpec":
+        """The training sampling settings of `cfg.rollout` with this step's seed."""
+        r = rollout_cfg
+        return cls(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                   max_new_tokens=r.max_new_tokens, seed=seed)
+
 
 class PromptRequest(msgspec.Struct):
     """One prompt: its chat-templated text; the decoded video travels as a separate ObjectRef."""
