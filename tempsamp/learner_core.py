@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .algo.batch import TrainBatch
 from .algo.grpo import kl_penalty, policy_loss
-from .models.loading import load_model, load_processor
+from .models.loading import detect_family, load_model, load_processor
 from .models.policy import build_inputs, response_logprobs
 from .sync.weights import SyncPlan, checkpoint_name, plan_buckets, send_streaming
 
@@ -59,6 +59,7 @@ class LearnerCore:
             dist.init_process_group(backend, init_method=f"tcp://{dist_addr}", rank=rank, world_size=world_size,
                                     timeout=timedelta(seconds=cfg.learner.timeout_s))
         lc = cfg.learner
+        self.family = detect_family(model_dir)
         self.model = load_model(model_dir, dtype=cfg.model.dtype, device=str(self.device),
                                 attn_implementation=cfg.model.attn_implementation)
         if lc.freeze_vision_tower:
@@ -229,7 +230,7 @@ class LearnerCore:
                 continue
             full = _full(p.detach())
             if self.rank == 0:
-                named.append((checkpoint_name(name), full))
+                named.append((checkpoint_name(name, self.family), full))
         if self.rank != 0:
             return None
         plan, self._sync_groups = plan_buckets(named, bucket_mb << 20, version)

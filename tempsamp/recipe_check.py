@@ -31,7 +31,7 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     from .learner_core import LearnerCore
     from .models.loading import detect_family
     from .models.policy import build_inputs, render_prompt, special_ids
-    from .rollout.base import SamplingSpec
+    from .rollout.base import SamplingSpec, step_seed
     from .rollout.hf import sample_group
     from .trainer import EpochSampler, load_dataset
 
@@ -56,7 +56,7 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
             t0 = time.time()
             _, idx = sampler.next()
             # rollout: HF generate on the learner's own model (exactly on-policy); prompt j seeds with seed + j
-            spec = SamplingSpec.from_rollout(cfg.rollout, cfg.rollout.seed * 100003 + step * 101)
+            spec = SamplingSpec.from_rollout(cfg.rollout, step_seed(cfg.rollout.seed, step))
             core.model.eval()
             groups = [sample_group(core.model, tok, inputs[i], j, spec, step) for j, i in enumerate(idx)]
             t_roll = time.time() - t0

@@ -222,9 +222,13 @@ def error_text(exc) -> str:
 
 def wait_classified(refs: list, timeout: float) -> list[tuple[str, object]]:
     """Wait for all refs (at most `timeout` s) and classify each: ("ok", value), ("dead", exc) when its
-    actor died, ("error", exc) when the call raised, ("stuck", None) when it did not finish in time."""
+    actor died or its engine can no longer serve (EngineDead), ("refused", exc) when the engine refused
+    the request (retrying cannot help), ("error", exc) when the call raised otherwise, ("stuck", None)
+    when it did not finish in time."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    from .rollout.health import EngineDead, EngineRequestError
 
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
     ready = set(ready)
@@ -238,8 +242,11 @@ def wait_classified(refs: list, timeout: float) -> list[tuple[str, object]]:
         except RayActorError as e:
             out.append(("dead", e))
         except RayTaskError as e:
-            dead = isinstance(getattr(e, "cause", None), RayActorError)  # a dependency's actor died
-            out.append(("dead" if dead else "error", e))
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, (RayActorError, EngineDead)):  # a dependency's actor or the engine died
+                out.append(("dead", e))
+            else:
+                out.append(("refused" if isinstance(cause, EngineRequestError) else "error", e))
         except GetTimeoutError:
             out.append(("stuck", None))
     return out
@@ -254,10 +261,12 @@ class Trainer:
         from .models.loading import detect_family, load_processor
         from .models.policy import render_prompt
         from .placement.plan import make_plan
+        from .rollout.support import check_engine_support
 
         self.cfg = cfg
         self.model_dir = model_dir or ensure_model(cfg, "outputs/models")
         family = detect_family(self.model_dir)
+        check_engine_support(cfg, cfg.rollout.backend, family)  # before any actor starts
         self.params = VideoParams.from_config(cfg.video, family)
         self.records, skipped = load_dataset(cfg)
         self.skipped_records = len(skipped)
@@ -340,10 +349,9 @@ class Trainer:
         return st
 
     def _spec(self, step: int):
-        from .rollout.base import SamplingSpec
+        from .rollout.base import SamplingSpec, step_seed
 
-        r = self.cfg.rollout
-        return SamplingSpec.from_rollout(r, None if r.seed is None else r.seed * 100003 + step)
+        return SamplingSpec.from_rollout(self.cfg.rollout, step_seed(self.cfg.rollout.seed, step))
 
     def _submit_rollouts(self, st: dict, only: list[int] | None = None) -> None:
         """(Re)submit generate calls: prompt j of the step goes to engine j % engines."""
@@ -428,7 +436,9 @@ class Trainer:
             for k in failed:
                 e = st["roll"][k][0]
                 kind, exc = status[k]
-                what = f"{self.pools.name('rollout', e)} generate {kind}"
+                what = f"{self.pools.name('rollout', e)} generate {kind}" + (f" ({error_text(exc)})" if exc else "")
+                if kind == "refused":
+                    raise StepFailed(f"step {st['step']}: {what}")
                 if kind in ("dead", "stuck"):
                     self.pools.replace("rollout", e, f"step {st['step']}: {what}")
                     replaced = True

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tempsamp.cli import main as cli
@@ -108,13 +109,28 @@ def test_filters_sampling_and_duration_sidecar(tmp_path, root):
     recs = [json.loads(x) for x in o.read_text().splitlines()]
     assert rep.filtered == 2 and all(r["duration"] == 60.0 for r in recs)
     assert [r["difficulty"] for r in recs] == pytest.approx([0.4, 0.5, 0.6, 0.7])
-    a = convert_file(str(inp), str(o), ConvertOptions(video_root=str(root), sampling="gaussian", max_samples=3, seed=1))
-    first = o.read_text()
-    convert_file(str(inp), str(o), ConvertOptions(video_root=str(root), sampling="gaussian", max_samples=3, seed=1))
-    assert a.written == 3 and o.read_text() == first  # seeded
     s = convert_file(str(inp), str(o), ConvertOptions(video_root=str(root), stratify_by="gt_len", max_samples=20))
     # buckets <2s, 2-5s, 5-10s have rows (oversampled to their targets); 10-20s and >20s are empty
     assert s.written == sum(largest_remainder(20, [0.1325, 0.3232, 0.1940, 0.1410, 0.2094])[:3])
+
+
+def test_gaussian_sampling_follows_the_difficulty_gaussian(tmp_path, root):
+    """weight = N(d; 0.75, 0.2) / empirical density of d: the picks follow the gaussian, not the input's own
+    difficulty distribution (here 4,000 rows, 80% of them easier than 0.5)."""
+    d = np.concatenate([np.linspace(0, 0.5, 3200, endpoint=False), np.linspace(0.5, 1, 800, endpoint=False)])
+    inp = _write(tmp_path / "raw.jsonl", [_raw("a", difficulty=float(x)) for x in d])
+    o = tmp_path / "o.jsonl"
+    opts = ConvertOptions(video_root=str(root), sampling="gaussian", max_samples=300, seed=1)
+    assert convert_file(str(inp), str(o), opts).written == 300
+    first = o.read_text()
+    convert_file(str(inp), str(o), opts)
+    assert o.read_text() == first  # seeded
+    picked = np.array([json.loads(x)["difficulty"] for x in first.splitlines()])
+    assert len(set(picked)) == 300  # without replacement
+    # N(0.75, 0.2) on [0, 1] has 76% of its mass within mu +- sigma and 12% below 0.5; 300 draws of 4,000
+    # without replacement: 74% and 14% (sd 2%). Uniform picks: 16% and 80%; without the density term: 54% and 37%.
+    near, easy = float(np.mean((picked >= 0.55) & (picked <= 0.95))), float(np.mean(picked < 0.5))
+    assert near > 0.5 and easy < 0.25, (near, easy)
 
 
 def test_largest_remainder():

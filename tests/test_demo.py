@@ -5,6 +5,24 @@ import json
 
 import pytest
 
+from tempsamp.config import load_config
+from tempsamp.demo import DEMO_CONFIG
+from tempsamp.reward.shaping import shaped_scores
+
+
+def _assert_one_perfect_gt_row_per_group(steps: list[dict]) -> None:
+    """TempSamp's GT injection as the step log shows it: with exactly one GT row per group of n, every all-rows
+    mean is (GT row + (n - 1) x on-policy mean) / n, so n x mean - (n - 1) x mean_no_gt is the GT row's value:
+    IoU 1, format 1, score = the (shaped) reward of a perfect answer."""
+    cfg = load_config(DEMO_CONFIG, ["algorithm.name=tempsamp", "reward.shaping=true"], env={})
+    n, rw = cfg.rollout.n, cfg.reward
+    perfect = float(shaped_scores([1.0], [1.0], rw.format_weight, True, rw.shaping_threshold, rw.shaping_alpha)[0])
+    for r in steps:
+        assert r["batch/rows"] == cfg.data.prompts_per_step * n
+        gt = {k: n * r[f"reward/{k}"] - (n - 1) * r[f"reward/{k}_no_gt"]
+              for k in ("iou_mean", "format_rate", "score_mean")}
+        assert gt == pytest.approx({"iou_mean": 1.0, "format_rate": 1.0, "score_mean": perfect}), (r["step"], gt)
+
 
 @pytest.mark.slow
 @pytest.mark.ray
@@ -28,4 +46,4 @@ def test_demo_quick(tmp_path):
     # TempSamp's GT rows carry the signal: their log-probability rises step over step
     t = logs["tempsamp"]
     assert t[-1]["learn/gt_logp_per_token"] > t[0]["learn/gt_logp_per_token"]
-    assert all(r["reward/score_mean"] > r["reward/score_mean_no_gt"] for r in t)
+    _assert_one_perfect_gt_row_per_group(t)

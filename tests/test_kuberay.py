@@ -1,8 +1,10 @@
-"""KubeRay manifests: valid against the ray.io/v1 CRD schemas (unknown fields rejected), and their GPU
-and CPU counts agree with `tempsamp plan` for the config their entrypoint runs."""
+"""KubeRay manifests: valid against the ray.io/v1 CRD schemas (unknown fields rejected), free of secret
+values, and their GPU and CPU counts agree with `tempsamp plan` for the config their entrypoint runs."""
 
 import copy
 import functools
+import gzip
+import re
 import shlex
 from pathlib import Path
 
@@ -14,10 +16,16 @@ from tempsamp.config import load_config
 from tempsamp.placement.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
-if not CRDS.is_dir():
-    CRDS = Path("/work/shared/kuberay-crds")
+CRDS = ROOT / "tests" / "fixtures" / "kuberay-crds"  # vendored, gzipped: see its README.md
 MANIFESTS = sorted((ROOT / "jobs" / "kuberay").glob("*.yaml"))
+SECRET_ENV = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|KEY|APIKEY|CREDENTIALS?)(_|$)", re.I)
+CREDENTIALS = {
+    "a Hugging Face token": re.compile(r"hf_[A-Za-z0-9]{20,}"),
+    "a GitHub token": re.compile(r"(gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}"),
+    "an sk- API key": re.compile(r"sk-[A-Za-z0-9_-]{20,}"),
+    "an AWS access key id": re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}"),
+    "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
 
 
 def _strict(schema):
@@ -36,7 +44,7 @@ def _strict(schema):
 @functools.lru_cache(maxsize=None)
 def _schema(kind: str, version: str) -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load((CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
+    crd = yaml.load(gzip.decompress((CRDS / f"ray.io_{kind.lower()}s.yaml.gz").read_bytes()), Loader=loader)
     assert crd["spec"]["names"]["kind"] == kind
     (v,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return _strict(v["schema"]["openAPIV3Schema"])
@@ -46,6 +54,48 @@ def _validate(doc: dict) -> None:
     group, version = doc["apiVersion"].split("/")
     assert group == "ray.io"
     jsonschema.validate(doc, _schema(doc["kind"], version))
+
+
+def _is_blob(word: str) -> bool:
+    """32+ characters of hex, or of base64 mixing digits and both cases: what generated secrets look like."""
+    if re.fullmatch(r"[0-9a-fA-F]{32,}", word):
+        return True
+    mixed = all(re.search(c, word) for c in ("[0-9]", "[a-z]", "[A-Z]"))
+    return mixed and bool(re.fullmatch(r"[A-Za-z0-9+/]{32,}={0,2}", word))
+
+
+def _env_findings(path: str, name: str, value, from_secret: bool) -> list[str]:
+    out = []
+    if SECRET_ENV.search(name) and not from_secret:
+        out.append(f"{path}: env var {name} is set inline (a secret may only come from valueFrom.secretKeyRef)")
+    if isinstance(value, str) and any(_is_blob(w) for w in re.split(r"[\s,;:='\"]+", value)):
+        out.append(f"{path}: env var {name} holds a long base64/hex blob")
+    return out
+
+
+def _secret_findings(node, path: str = "$") -> list[str]:
+    """What in a manifest looks like a secret value, as "path: reason" (empty: none). Walks every key and string,
+    including the parsed `runtimeEnvYAML`; env vars named like secrets must come from `valueFrom.secretKeyRef`
+    (container env) and may not appear in a runtime env's `env_vars` at all."""
+    if isinstance(node, str):
+        return [f"{path}: looks like {kind}" for kind, rx in CREDENTIALS.items() if rx.search(node)]
+    if isinstance(node, list):
+        return [f for i, x in enumerate(node) for f in _secret_findings(x, f"{path}[{i}]")]
+    if not isinstance(node, dict):
+        return []
+    out = []
+    for k, v in node.items():
+        p = f"{path}.{k}"
+        if k == "runtimeEnvYAML" and isinstance(v, str):
+            v = yaml.safe_load(v)
+        out += _secret_findings(str(k), f"{p} (key)") + _secret_findings(v, p)
+        if k == "env_vars" and isinstance(v, dict):
+            out += [f for name, val in v.items() for f in _env_findings(f"{p}.{name}", str(name), val, False)]
+        if k == "env" and isinstance(v, list):
+            out += [f for i, e in enumerate(v) for f in _env_findings(
+                f"{p}[{i}]", e.get("name", ""), e.get("value"),
+                "value" not in e and "secretKeyRef" in (e.get("valueFrom") or {}))]
+    return out
 
 
 def _cluster_spec(doc: dict) -> dict:
@@ -106,7 +156,7 @@ def test_manifest_matches_crd_schema(path):
     _validate(doc)
     spec = _cluster_spec(doc)
     assert spec["authOptions"]["mode"] == "token"
-    assert "token" not in str(spec["workerGroupSpecs"]).lower()  # no secret values inline
+    assert _secret_findings(doc) == []
     if doc["kind"] == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
         yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
@@ -129,6 +179,41 @@ def test_strict_schema_rejects_unknown_and_mistyped_fields():
     bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"]["num-gpus"] = 8  # must be a string
     with pytest.raises(jsonschema.ValidationError):
         _validate(bad)
+
+
+def _container(doc: dict, group: str) -> dict:
+    g = _cluster_spec(doc)[group]
+    return (g[0] if isinstance(g, list) else g)["template"]["spec"]["containers"][0]
+
+
+def test_secret_scan_finds_tokens_planted_anywhere():
+    clean = yaml.safe_load((ROOT / "jobs" / "kuberay" / "rayjob-train-8xh20.yaml").read_text())
+    assert _secret_findings(clean) == []
+    fake = "hf_" + "q7Rk2Lm9Xv4Tn8Bz3Wc6Pd1Hs5"  # shaped like a Hugging Face token; not a real one
+    head = "$.spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].env"
+    worker = "$.spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].env"
+
+    doc = copy.deepcopy(clean)  # (i) the head group's container env
+    _container(doc, "headGroupSpec")["env"] = [{"name": "RAY_AUTH_TOKEN", "value": "local-dev"},
+                                               {"name": "EXTRA", "value": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"}]
+    assert _secret_findings(doc) == [
+        f"{head}[0]: env var RAY_AUTH_TOKEN is set inline (a secret may only come from valueFrom.secretKeyRef)",
+        f"{head}[1]: env var EXTRA holds a long base64/hex blob"]
+
+    doc = copy.deepcopy(clean)  # (ii) the runtime env
+    doc["spec"]["runtimeEnvYAML"] += f"  HF_TOKEN: {fake}\n"
+    assert _secret_findings(doc) == [
+        "$.spec.runtimeEnvYAML.env_vars.HF_TOKEN: looks like a Hugging Face token",
+        "$.spec.runtimeEnvYAML.env_vars.HF_TOKEN: env var HF_TOKEN is set inline "
+        "(a secret may only come from valueFrom.secretKeyRef)"]
+
+    doc = copy.deepcopy(clean)  # (iii) a worker group: a Secret reference passes (and is schema-valid), a value fails
+    env = _container(doc, "workerGroupSpecs").setdefault("env", [])
+    env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}})
+    _validate(doc)
+    assert _secret_findings(doc) == []
+    env.append({"name": "HUB_ARGS", "value": f"--token {fake}"})
+    assert _secret_findings(doc) == [f"{worker}[1].value: looks like a Hugging Face token"]
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)

@@ -1,20 +1,27 @@
 """Operations: local Ray binds loopback only, dashboard metrics reach the node's Prometheus endpoint,
 and the demo config runs verbatim through `ray job submit` against a real local head."""
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from tempsamp.config import load_config
 from tempsamp.sync.weights import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+RAY = str(Path(sys.executable).parent / "ray")
+HEAD_MARK = "TEMPSAMP_TEST_RAY_HEAD"  # set in the environment of the test's own Ray head
 
 
 @pytest.mark.ray
@@ -74,39 +81,92 @@ def _ray_env():
     return env
 
 
+def _head_processes(temp: str) -> list:
+    """The processes of the Ray head started with HEAD_MARK=temp in its environment (all it launches inherit
+    it, whatever their process title) and their descendants: workers, the job's driver, vLLM's processes."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["environ"]):
+        if (p.info["environ"] or {}).get(HEAD_MARK) == temp:
+            found[p.pid] = p
+            with contextlib.suppress(psutil.Error):
+                found.update((c.pid, c) for c in p.children(recursive=True))
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def _own_ray_head() -> Iterator[tuple[str, str]]:
+    """A Ray head of this test's own (127.0.0.1, free ports, its own temp dir); yields (temp dir, dashboard
+    address). Stopped by killing exactly its processes: `ray stop` would stop every Ray on the machine."""
+    import psutil
+
+    dash = free_port()
+    # a short temp dir: Ray's socket paths under it must fit in 107 bytes
+    with tempfile.TemporaryDirectory(prefix="ray-", ignore_cleanup_errors=True) as temp:
+        start = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
+                 "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+                 "--num-cpus", "2", "--temp-dir", temp, "--disable-usage-stats"]
+        try:
+            res = subprocess.run(start, env={**_ray_env(), HEAD_MARK: temp}, capture_output=True, text=True,
+                                 timeout=120)
+            assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+            yield temp, f"http://127.0.0.1:{dash}"
+        finally:
+            procs = _head_processes(temp)
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(procs, timeout=30)
+            assert not _head_processes(temp), "processes of the test's Ray head survived"
+
+
+def _logged_steps(client, job: str, temp: str, n: int, timeout_s: float) -> tuple[Path, list[dict]]:
+    """The job's step log (in Ray's unpacked copy of its working dir) once it holds n steps, and its rows."""
+    unpacked = Path(temp, "session_latest", "runtime_resources", "working_dir_files")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for log in unpacked.glob("*/outputs/logs/demo/steps.jsonl"):
+            rows = [json.loads(x) for x in log.read_text().splitlines(keepends=True) if x.endswith("\n")]
+            if len(rows) >= n:
+                return log, rows
+        status = client.get_job_status(job)
+        assert not status.is_terminal(), f"job {status} before {n} steps:\n{client.get_job_logs(job)[-4000:]}"
+        time.sleep(2)
+    pytest.fail(f"fewer than {n} steps after {timeout_s}s:\n{client.get_job_logs(job)[-4000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_job_submit_runs_the_demo_config(tmp_path, synth, tiny_models):
-    env = _ray_env()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    gcs, dash = free_port(), free_port()
-    start = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
-             "--num-cpus", "2", "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, cwd=ROOT, capture_output=True, timeout=120)
-    try:
-        out = tmp_path / "job"
-        cmd = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".",
-               "--runtime-env", "jobs/runtime_env.yaml", "--",
-               "python", "jobs/train.py", "--config", "jobs/configs/demo.yaml",
-               # absolute paths: the job's cwd is Ray's unpacked copy of the working dir
-               # the session's synthetic set and tiny model (the config alone would generate/build them)
-               f"data.train_files=[{synth['train_jsonl']}]", f"model.path={tiny_models('qwen2_5_vl')}",
-               f"trainer.log_dir={out / 'logs'}",
-               f"checkpoint.output_dir={out / 'ck'}", "checkpoint.save_freq=2", "trainer.max_steps=2",
-               "rollout.backend=hf", "rollout.max_new_tokens=8"]
-        res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        log = res.stdout + res.stderr
-        assert res.returncode == 0 and "succeeded" in log, log[-4000:]
-        rows = [json.loads(x) for x in (out / "logs" / "demo" / "steps.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [1, 2]
-        assert (out / "ck" / "global_step_2" / "COMPLETE").exists()
-        assert (out / "ck" / "global_step_2" / "actor" / "config.json").exists()
-        status = subprocess.run([ray_bin, "job", "list", "--address", f"http://127.0.0.1:{dash}"], env=env,
-                                capture_output=True, text=True, timeout=60).stdout
-        assert "SUCCEEDED" in status
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+@pytest.mark.vllm
+def test_ray_job_submit_runs_the_demo_config(tmp_path):
+    """The README's `ray job submit ... -- python jobs/train.py --config jobs/configs/demo.yaml`, with no
+    overrides: the job generates its data, builds its model, starts its vLLM engine and trains. It is stopped
+    once 2 steps are logged (the config runs 60)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    app = tmp_path / "app"  # the job's working dir: what it needs, and nothing of this checkout's outputs/
+    for name in ("jobs", "tempsamp"):
+        shutil.copytree(ROOT / name, app / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", app)
+    cfg = load_config(app / "jobs" / "configs" / "demo.yaml", [], env={})
+    with _own_ray_head() as (temp, address):
+        job = "demo-verbatim"
+        submit = [RAY, "job", "submit", "--address", address, "--submission-id", job, "--no-wait",
+                  "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
+                  "python", "jobs/train.py", "--config", "jobs/configs/demo.yaml"]
+        res = subprocess.run(submit, env=_ray_env(), cwd=app, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        client = JobSubmissionClient(address)
+        log, rows = _logged_steps(client, job, temp, 2, timeout_s=600)
+        subprocess.run([RAY, "job", "stop", "--address", address, job], env=_ray_env(), check=True,
+                       capture_output=True, timeout=120)
+        assert client.get_job_status(job) == JobStatus.STOPPED
+        assert [r["step"] for r in rows[:2]] == [1, 2]
+        assert f"[demo] step 2/{cfg.trainer.max_steps} " in client.get_job_logs(job)
+        workdir = log.parents[3]  # relative paths of the config resolve in the job's working dir
+        assert (workdir / cfg.data.synthetic_dir / "train.jsonl").is_file()
 
 
 def test_no_pickle_loading_and_no_secrets_in_dumped_config(monkeypatch):

@@ -11,7 +11,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..algo.batch import reward_options
 from ..data.video import VideoParams
+from ..models.loading import detect_family
 from ..placement.plan import Plan, create_placement_groups
+from ..rollout.health import EngineDead
 from ..sync.weights import free_port
 from .decode import DecodeActor
 from .learner import LearnerActor
@@ -21,13 +23,16 @@ from .rollout import RolloutActor
 log = logging.getLogger(__name__)
 
 
-def engine_kwargs(cfg, backend: str) -> tuple[dict, dict]:
-    """Constructor kwargs and runtime_env of a rollout/eval engine actor for `backend`."""
+def engine_kwargs(cfg, backend: str, family: str) -> tuple[dict, dict]:
+    """Constructor kwargs and runtime_env of a rollout/eval engine actor for `backend` and model `family`."""
+    from ..rollout.vllm_engine import scheduling_settings
+
     r = cfg.rollout
     if backend == "vllm":
         kw = dict(max_model_len=r.max_model_len, dtype=cfg.model.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
                   enforce_eager=r.enforce_eager or not cfg.placement.use_gpus,
-                  tensor_parallel_size=r.tensor_parallel_size, seed=r.seed, cpu_kvcache_gib=r.cpu_kvcache_gib)
+                  tensor_parallel_size=r.tensor_parallel_size, seed=r.seed, cpu_kvcache_gib=r.cpu_kvcache_gib,
+                  scheduling=scheduling_settings(family, cfg.placement.use_gpus, r.max_model_len))
     else:
         kw = dict(dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                   device="cuda" if cfg.placement.use_gpus else "cpu")
@@ -53,7 +58,7 @@ class Pools:
         self.pgs = create_placement_groups(plan, name_prefix=run)
         d, r = cfg.data, cfg.rollout
         mode = d.video_source_mode if d.use_preprocessed else "realtime_only"
-        kw, env = engine_kwargs(cfg, r.backend)
+        kw, env = engine_kwargs(cfg, r.backend, detect_family(model_dir))
         reward_opts = reward_options(cfg)
         self._factories = {
             "decode": lambda i, name: DecodeActor.options(**_opts(plan, self.pgs, "decode", i, name)).remote(
@@ -139,7 +144,10 @@ class Pools:
             except RayActorError as e:
                 bad.append((i, f"died ({type(e).__name__})"))
             except RayTaskError as e:
-                bad.append((i, f"failed: {str(e.cause if getattr(e, 'cause', None) else e).splitlines()[0]}"))
+                cause = e.cause if getattr(e, "cause", None) else e
+                text = str(cause).strip().splitlines()[0]
+                # an engine that can no longer serve is as dead as its actor: replace it
+                bad.append((i, f"died ({text})" if isinstance(cause, EngineDead) else f"failed: {text}"))
         if bad:
             raise _SyncFailed(version, bad, send)
         return {"sync/bytes": float(plan.nbytes), "sync/buckets": float(len(plan.buckets)),

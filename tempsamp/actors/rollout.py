@@ -28,8 +28,12 @@ class RolloutActor(FaultHooks):
         self.generated = 0
         self.seconds = 0.0
 
+    def _engine_pids(self) -> list[int]:
+        return self.engine.engine_pids() if hasattr(self.engine, "engine_pids") else []
+
     def ping(self) -> dict:
         return {"name": self.name, "pid": os.getpid(), "version": self.engine.version,
+                "alive": self.engine.alive() if hasattr(self.engine, "alive") else True,
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 

@@ -248,6 +248,7 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
 
     from ..actors.decode import DecodeActor
     from ..actors.pools import engine_kwargs
+    from ..rollout.support import check_engine_support
     from ..actors.rollout import RolloutActor
     from ..models.loading import detect_family, load_processor
     from ..trainer import init_ray
@@ -275,7 +276,8 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
         init_ray()
         processor = load_processor(model_dir)
         backend = e.backend if e.backend != "auto" else ("vllm" if cfg.placement.use_gpus else "hf")
-        kw, env = engine_kwargs(cfg, backend)
+        check_engine_support(cfg, backend, detect_family(model_dir))
+        kw, env = engine_kwargs(cfg, backend, detect_family(model_dir))
         gpus = cfg.rollout.tensor_parallel_size if cfg.placement.use_gpus else 0
         _check_fits(e.num_engines * gpus, (e.num_engines + e.num_decoders) * e.cpus_per_actor)
         run = cfg.trainer.run_name

@@ -22,6 +22,22 @@ class SamplingSpec(msgspec.Struct, frozen=True):
                    max_new_tokens=r.max_new_tokens, seed=seed)
 
 
+def step_seed(rollout_seed: int | None, step: int) -> int | None:
+    """The sampling seed of training step `step` (None: unseeded)."""
+    return None if rollout_seed is None else rollout_seed * 100003 + step
+
+
+def request_seed(call_seed: int, key: int) -> int:
+    """The sampling seed of prompt `key` in a call seeded `call_seed`: a 64-bit mix (splitmix64) of both,
+    so seeds of different prompts and of consecutive calls never form overlapping runs (seed + key
+    made prompt k+1 of step s reuse prompt k's stream of step s+1). Fits in 62 bits, leaving room for
+    the engines' per-sample offsets."""
+    x = (call_seed * 0x9E3779B97F4A7C15 + key + 1) & 0xFFFFFFFFFFFFFFFF
+    for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        x = ((x ^ (x >> shift)) * mul) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) >> 2
+
+
 class PromptRequest(msgspec.Struct):
     """One prompt: its chat-templated text; the decoded video travels as a separate ObjectRef."""
 

