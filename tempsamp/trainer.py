@@ -102,7 +102,7 @@ class StepLogger:
 
             self.metrics = DashboardMetrics(cfg.trainer.run_name)
         except Exception as e:  # dashboard metrics are optional (no Ray metrics agent)
-            log.debug("dashboard metrics disabled: %s", e)
+            log.warning("dashboard metrics disabled (steps.jsonl still written): %s", e)
 
     def write(self, row: dict) -> None:
         self.f.write(json.dumps(row) + "\n")
@@ -270,6 +270,11 @@ class Trainer:
         self.params = VideoParams.from_config(cfg.video, family)
         self.records, skipped = load_dataset(cfg)
         self.skipped_records = len(skipped)
+        d = cfg.data
+        if d.use_preprocessed and d.video_source_mode != "realtime_only" and not d.rebuild_cache:
+            from .data.cache import check_cache_params
+
+            check_cache_params(d.preprocessed_video_dir, [r.video for r in self.records], self.params)
         self.faults = {"retried_calls": 0, "skipped_samples": 0}
         self.skip_log: list[dict] = []
         processor = self.processor = load_processor(self.model_dir)
@@ -560,6 +565,7 @@ class Trainer:
         st = ray.get([d.stats.remote() for d in self.pools.decode], timeout=self.cfg.trainer.step_timeout_s)
         hits, misses = sum(x["cache_hits"] for x in st), sum(x["cache_misses"] for x in st)
         return {"decode/cache_hits": hits, "decode/cache_misses": misses,
+                "decode/cache_rebuilt": sum(x["cache_rebuilt"] for x in st),
                 "decode/cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0}
 
     def validate(self) -> dict:

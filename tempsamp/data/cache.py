@@ -138,6 +138,31 @@ class VideoSource:
         return decode_video(video_path, self.params)
 
 
+def check_cache_params(cache_dir: str | Path, videos: list[str], params: VideoParams, sample: int = 64) -> None:
+    """Refuse a cache built with other decode parameters before a run starts: reads the header of up to
+    `sample` entries (spread over `videos`) and raises CacheMismatchError, with both parameter sets, on
+    the first mismatch. A whole cache is built with one parameter set, so a sample finds a wrong one;
+    entries not checked here are still checked when they are loaded."""
+    distinct = sorted(set(videos))
+    stride = max(1, len(distinct) // max(1, sample))
+    wanted = params.as_dict()
+    for v in distinct[::stride][:sample]:
+        p = entry_path(cache_dir, v)
+        if not p.is_file():
+            continue
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                cached = json.loads((f.metadata() or {}).get("params", "null"))
+        except Exception as e:
+            raise CacheMismatchError(f"{p}: unreadable cache entry ({type(e).__name__}: {e}); rebuild the cache") from None
+        if cached != wanted:
+            raise CacheMismatchError(
+                f"{cache_dir}: the cache was built with other decode parameters than this run's "
+                f"(first: {p.name}, for {v}).\n  cache: {_describe(cached or {})}\n  run:   {_describe(wanted)}\n"
+                "Rebuild it (`tempsamp cache ... --rebuild` or data.rebuild_cache=true) or point "
+                "data.preprocessed_video_dir at a cache built for these parameters.")
+
+
 class CacheReport(msgspec.Struct):
     total: int = 0
     built: int = 0
@@ -189,6 +214,6 @@ def build_cache(input_jsonl: str, cache_dir: str, output_jsonl: str, params: Vid
 
 
 __all__ = [
-    "CacheMismatchError", "CacheMissError", "VideoSource", "build_cache", "read_entry", "write_entry",
+    "CacheMismatchError", "CacheMissError", "VideoSource", "build_cache", "check_cache_params", "read_entry", "write_entry",
     "entry_path",
 ]
