@@ -159,9 +159,14 @@ def _greedy_logprob_gap(engine, model_dir: str, dtype: str, prompt: str, video) 
     return (lp[0, :n].float() - torch.tensor(g.logprobs[0])).abs().max().item()
 
 
-# per dtype: float32 engines agree with transformers to rounding; bf16 to bf16 noise (measured 0.008 on a
-# fresh Qwen3.5, ../shared/VLLM-ON-CPU.md)
-LOGPROB_TOL = {"float32": 1e-3, "bfloat16": 0.1}
+# per dtype: float32 engines agree with transformers to rounding. In bf16 the two stacks round differently
+# (measured on tiny Qwen3.5: 0.02 fresh, and still 0.02-0.03 after perturbing and syncing each parameter
+# group in turn, i.e. every group syncs exactly; 0.18 after these 2 training steps at the demo's lr, whose
+# sharper logits magnify bf16 rounding). A missing or stale parameter group moves it by whole nats.
+LOGPROB_TOL = {"float32": 1e-3, "bfloat16": 0.3}
+# Qwen3-VL video prompts: 0.005 measured in float32 while text is exact (1e-6), so the sync is exact and
+# transformers 5.19 and vLLM 0.32 compute Qwen3-VL video inputs slightly differently (open finding)
+VIDEO_TOL = {"qwen3_vl": 0.02}
 
 
 @pytest.mark.parametrize("family,dtype", [("qwen3_5", "bfloat16"), ("qwen3_vl", "float32")])
@@ -202,7 +207,8 @@ def test_family_through_fsdp2_vllm_sync_export_and_eval(family, dtype, tiny_mode
             gaps = {kind: _greedy_logprob_gap(t.pools.engines[0], str(export), dtype, prompt, v)
                     for kind, v in (("text", None), ("video", video))}
             print(f"\n{family} {dtype}: vLLM vs transformers greedy |dlogp| after 2 syncs: {gaps}")
-            assert max(gaps.values()) < LOGPROB_TOL[dtype], gaps
+            assert gaps["text"] < LOGPROB_TOL[dtype], gaps
+            assert gaps["video"] < VIDEO_TOL.get(family, LOGPROB_TOL[dtype]), gaps
         finally:
             t.shutdown()
         rep = run_eval(cfg, str(export), str(tmp_path / "eval"), progress=False)
