@@ -94,6 +94,8 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
             _step(t, 3)  # overlapped schedule on vLLM engines: step k+1 sampled while step k learns
             rows = _rows(logs, "vl")
             assert [r["rollout/weight_version_lag"] for r in rows] == [0, 1, 1]
+            # each video decoded once per step; rollout and learner read the same ObjectRef
+            assert ray.get(t.pools.decode[0].stats.remote())["decoded"] == 3 * cfg.data.prompts_per_step
             assert rows[0]["decode/cache_rebuilt"] >= cfg.data.prompts_per_step  # rebuilt, not silently reused
             assert rows[-1]["decode/cache_hit_rate"] > 0
             _engine_matches_learner(t)
