@@ -24,7 +24,7 @@ def main() -> None:
 
     from tempsamp.data.synthetic import SynthVideo, write_video
     from tempsamp.data.video import VideoParams, decode_video
-    from tempsamp.trainer import init_ray
+    from tempsamp.cluster import init_ray
 
     work = workdir("handoff")
     paths = []

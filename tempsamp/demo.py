@@ -70,7 +70,8 @@ def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = 
     from .config import load_config
     from .data.synthetic import generate
     from .models.tiny import build_tiny_model
-    from .trainer import Trainer, init_ray
+    from .cluster import init_ray
+    from .trainer import Trainer
 
     out_p = Path(out).absolute()
     out_p.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = 
     logs: dict[str, list[dict]] = {}
     shares = {}
     for algo in algorithms:
-        ov = [f"algorithm.name={algo}", f"reward.shaping={'true' if algo == 'tempsamp' else 'false'}",
+        ov = [f"algorithm.name={algo}",  # the preset decides GT injection and shaping (config.PRESETS)
               f"data.train_files=[{data['train_jsonl']}]", f"trainer.run_name=demo-{algo}",
               f"trainer.log_dir={out_p / 'logs'}", f"checkpoint.output_dir={out_p / 'checkpoints' / algo}",
               "checkpoint.resume=never"]

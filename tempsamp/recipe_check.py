@@ -28,12 +28,13 @@ CURVE_KEYS = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt", "reward/raw_s
 def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, echo: bool = True) -> list[dict]:
     """Train `cfg.trainer.max_steps` steps in this process; one metrics row per step."""
     from .data.video import VideoParams, decode_video
-    from .learner_core import LearnerCore
+    from .learner.core import LearnerCore
     from .models.loading import detect_family
     from .models.policy import build_inputs, render_prompt, special_ids
     from .rollout.base import SamplingSpec, step_seed
     from .rollout.hf import sample_group
-    from .trainer import EpochSampler, load_dataset
+    from .data.dataset import load_dataset
+    from .data.sampler import EpochSampler
 
     torch.manual_seed(cfg.data.seed)
     records, _ = load_dataset(cfg)  # same checks and bad-sample policy as `tempsamp train`
@@ -132,7 +133,7 @@ def run_recipe_check(out: str = "outputs/recipe_check", steps: int | None = None
     train_jsonl = data_dir / "train.jsonl"
 
     def algo_config(algo: str) -> Config:
-        ov = [f"algorithm.name={algo}", f"reward.shaping={'true' if algo == 'tempsamp' else 'false'}",
+        ov = [f"algorithm.name={algo}",  # the preset decides GT injection and shaping (config.PRESETS)
               f"data.train_files=[{train_jsonl}]", *(overrides or [])]
         if steps is not None:
             ov.append(f"trainer.max_steps={steps}")

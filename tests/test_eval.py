@@ -142,7 +142,8 @@ def test_eval_of_an_exported_checkpoint_end_to_end_and_resume(tiny_models, synth
     import ray
 
     from tempsamp.evaluation.runner import run_eval
-    from tempsamp.trainer import Trainer, init_ray
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
 
     base = tiny_models("qwen2_5_vl")
     ck_root = tmp_path / "ck"

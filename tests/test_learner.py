@@ -41,7 +41,7 @@ def _batch(model_dir, synth, n_prompts=2, n=4, gt=True):
 
 @pytest.mark.slow
 def test_step_raises_gt_logprob_and_checkpoint_roundtrip(tiny_models, synth, tmp_path):
-    from tempsamp.learner_core import LearnerCore
+    from tempsamp.learner.core import LearnerCore
 
     path = tiny_models("qwen2_5_vl")
     batch, videos = _batch(path, synth)
@@ -66,7 +66,7 @@ def test_step_raises_gt_logprob_and_checkpoint_roundtrip(tiny_models, synth, tmp
 
 @pytest.mark.slow
 def test_grpo_all_zero_rewards_means_no_update(tiny_models, synth):
-    from tempsamp.learner_core import LearnerCore
+    from tempsamp.learner.core import LearnerCore
 
     path = tiny_models("qwen2_5_vl")
     batch, videos = _batch(path, synth, gt=False)
@@ -83,7 +83,7 @@ def test_each_mini_batch_step_is_normalised_by_its_own_tokens(tiny_models, synth
     """With 2 mini-batches per step, the first optimizer step sees exactly the gradient a 1-mini-batch
     learner computes on the first prompt group alone (its own token mean, clipped on that scale)."""
     from tempsamp.algo.batch import TrainBatch
-    from tempsamp.learner_core import LearnerCore
+    from tempsamp.learner.core import LearnerCore
 
     path = tiny_models("qwen2_5_vl")
     batch, videos = _batch(path, synth)
@@ -112,7 +112,7 @@ def test_two_rank_fsdp2_matches_single_rank(tiny_models, synth):
     import ray
 
     from tempsamp.actors.learner import LearnerActor
-    from tempsamp.learner_core import LearnerCore
+    from tempsamp.learner.core import LearnerCore
     from tempsamp.sync.weights import free_port
 
     path = tiny_models("qwen2_5_vl")
@@ -137,3 +137,48 @@ def test_two_rank_fsdp2_matches_single_rank(tiny_models, synth):
             assert torch.allclose(w[n], ref_w[n].float(), atol=2e-5), n
     finally:
         ray.shutdown()
+
+
+def test_micro_batches_follow_rank_ownership_and_token_budget():
+    from tempsamp.learner.step import micro_batches, rank_groups
+
+    rows = [4, 4, 3, 5]
+    assert rank_groups(len(rows), 2, 0) == [0, 2] and rank_groups(len(rows), 2, 1) == [1, 3]
+    # rank 0: group 0 (seq 25 -> 4 rows per 100 tokens), group 2 (seq 40 -> 2 rows)
+    assert micro_batches(rows, {0: 25, 2: 40}, 100, 2, 0) == [(0, slice(0, 4)), (2, slice(0, 2)), (2, slice(2, 3))]
+    # rank 1: group 3's sequence alone exceeds the budget -> one row per micro-batch
+    assert micro_batches(rows, {1: 50, 3: 500}, 100, 2, 1) == [(1, slice(0, 2)), (1, slice(2, 4))] + [
+        (3, slice(s, s + 1)) for s in range(5)]
+
+
+def test_plan_chunks_splits_the_cross_rank_count_into_contiguous_mini_batches():
+    from tempsamp.learner.step import plan_chunks
+
+    micro = [(0, slice(0, 1))] * 5
+    p = plan_chunks(micro, 7, 3)  # another rank has 7 micro-batches: positions 5, 6 are dummies here
+    assert (p.chunks, p.per_chunk) == (3, 3)
+    assert [p.chunk_of(k) for k in range(5)] == [0, 0, 0, 1, 1]
+    assert [p.span(c) for c in range(3)] == [(0, 3), (3, 6), (6, 7)]
+    p = plan_chunks(micro[:2], 2, 4)  # more mini-batches than micro-batches: the last spans are empty
+    assert [p.chunk_of(k) for k in range(2)] == [0, 1] and p.span(2) == (2, 2)
+    p = plan_chunks([], 0, 0)
+    assert (p.chunks, p.per_chunk, p.span(0)) == (1, 0, (0, 0))
+
+
+def test_checkpoint_folders_stage_finalize_and_rotate(tmp_path):
+    from tempsamp.learner.checkpoint import (checkpoint_dir, complete_checkpoints, finalize_checkpoint,
+                                             read_trainer_state, staging_dir)
+
+    for step in (1, 2, 3):
+        tmp = staging_dir(tmp_path, step)
+        assert tmp.name == f"global_step_{step}.tmp" and tmp.is_dir() and not any(tmp.iterdir())
+        (tmp / "rank0.safetensors").write_text("x")
+        assert checkpoint_dir(tmp_path, step) not in complete_checkpoints(tmp_path)  # staged, not complete
+        final = finalize_checkpoint(tmp, checkpoint_dir(tmp_path, step), {"step": step}, save_limit=2)
+        assert final == tmp_path / f"global_step_{step}" and not tmp.exists()
+    assert complete_checkpoints(tmp_path) == [tmp_path / "global_step_2", tmp_path / "global_step_3"]
+    state = read_trainer_state(tmp_path / "global_step_3")
+    assert state["step"] == 3 and set(state["rng"]) == {"python", "torch"}
+    stale = staging_dir(tmp_path, 4)
+    (stale / "junk").write_text("x")
+    assert not any(staging_dir(tmp_path, 4).iterdir())  # a stale staging folder starts empty again

@@ -30,7 +30,7 @@ def test_local_ray_listens_on_loopback_and_exports_dashboard_metrics(monkeypatch
     import ray
 
     from tempsamp.observe import DashboardMetrics
-    from tempsamp.trainer import init_ray
+    from tempsamp.cluster import init_ray
 
     port = free_port()
     monkeypatch.setenv("TEMPSAMP_METRICS_PORT", str(port))

@@ -62,7 +62,7 @@ def test_fake_8gpu_cluster_bundles_and_visible_devices():
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from tempsamp.placement.plan import create_placement_groups
+    from tempsamp.cluster import reserve_placement_groups as create_placement_groups
 
     ray.init(address="local", num_cpus=2, num_gpus=8, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:

@@ -109,7 +109,7 @@ def test_both_baselines_end_to_end_pass_the_validator(tiny_models, tmp_path):
 
     from tempsamp.reframe.preview import contact_sheet
     from tempsamp.reframe.runner import ReframeOptions, run_reframe
-    from tempsamp.trainer import init_ray
+    from tempsamp.cluster import init_ray
 
     index, vdir = _videos(tmp_path)
     idx = read_index(index)

@@ -15,7 +15,9 @@ import msgspec
 import pytest
 
 from tempsamp.config import load_config
-from tempsamp.trainer import BadSampleError, StepFailed, check_staleness, load_dataset
+from tempsamp.algo.staleness import check_staleness
+from tempsamp.data.dataset import load_dataset
+from tempsamp.errors import BadSampleError, StepFailed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "configs" / "demo.yaml"
@@ -54,7 +56,8 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
     import ray
     import torch
 
-    from tempsamp.trainer import Trainer, init_ray
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
 
     # timeouts well above a normal call on a loaded 2-core machine; the checks below are relations (at least one
     # replacement where a fault was injected), so one slow normal call cannot fail the test
@@ -68,10 +71,10 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
 
         def fault(role, i, kind, method, check=None):
             ray.get(t.pools.actors(role)[i].arm_fault.remote(kind, method))
-            before = dict(t._fault_metrics())
+            before = dict(t.fault_metrics())
             row = _step(t)
             assert row["batch/rows"] == PROMPTS * N, f"{role} {kind}: samples lost"
-            after = t._fault_metrics()
+            after = t.fault_metrics()
             table.append((f"{role} {method} {kind}", row["step"], after["faults/restarts"] - before["faults/restarts"],
                           after["faults/resyncs"] - before["faults/resyncs"]))
             if check:
@@ -164,7 +167,8 @@ def _only_lines(path, keep):
 def test_undecodable_videos_are_skipped_and_counted_or_stop_the_run(tiny_models, synth, tmp_path):
     import ray
 
-    from tempsamp.trainer import Trainer, init_ray
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
 
     path, zero, corrupt = _write_bad_dataset(synth, tmp_path)
     subset = _only_lines(path, [0, 1, 2])  # good, zero-length, corrupt: one batch of 3
@@ -178,7 +182,8 @@ def test_undecodable_videos_are_skipped_and_counted_or_stop_the_run(tiny_models,
             assert {x["video"] for x in t.skip_log} == {str(zero), str(corrupt)}
             assert all(x["source"].startswith(str(subset)) and x["reason"] for x in t.skip_log)
             # same trainer, policy `stop`: the next epoch draws the same batch and the run stops on it
-            t.cfg = msgspec.structs.replace(t.cfg, data=msgspec.structs.replace(t.cfg.data, on_bad_sample="stop"))
+            t.cfg = t.steps.cfg = msgspec.structs.replace(t.cfg, data=msgspec.structs.replace(t.cfg.data,
+                                                                                               on_bad_sample="stop"))
             with pytest.raises(BadSampleError, match=r"step 2: video .*(zero|corrupt)\.mp4 \(.*subset.jsonl:\d\)"):
                 _step(t)
         finally:
@@ -248,7 +253,8 @@ def test_sigkilled_job_resumes_with_same_step_batch_and_loss(tiny_models, synth,
 def test_object_store_memory_stays_flat_over_50_steps(tiny_models, synth, tmp_path):
     import ray
 
-    from tempsamp.trainer import Trainer, init_ray
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
 
     init_ray(num_cpus=2, spill_dir=str(tmp_path / "spill"))
     t = Trainer(_cfg(synth, tmp_path, "mem", "data.prompts_per_step=1", "rollout.max_new_tokens=2",

@@ -1,10 +1,12 @@
 import threading
 
+import msgspec
 import pytest
 import torch
 
-from tempsamp.sync.weights import (WeightSyncError, checkpoint_name, checksum, free_port, make_group, memory_name,
-                                   pack_buckets, receive_plan, send_plan, unpack_bucket)
+from tempsamp.models.names import checkpoint_name, memory_name
+from tempsamp.sync.weights import (STREAMED, SyncPlan, WeightSyncError, checksum, fill_bucket, free_port, make_group,
+                                   plan_buckets, receive_plan, send_streaming, unpack_bucket)
 
 
 def _named():
@@ -13,9 +15,25 @@ def _named():
             ("d", torch.randn(1000)), ("e", torch.randn(2, 3, 4).half())]
 
 
+def _pack_with_checksums(named, bucket_bytes, version):
+    """Every bucket packed now and its checksum kept in the plan: the non-streamed form `receive_plan`
+    also accepts (no checksum follows a bucket on the wire). Returns (plan, buffers)."""
+    plan, groups = plan_buckets(named, bucket_bytes, version)
+    bufs = [fill_bucket(spec, g) for spec, g in zip(plan.buckets, groups)]
+    buckets = tuple(msgspec.structs.replace(spec, checksum=checksum(b)) for spec, b in zip(plan.buckets, bufs))
+    return SyncPlan(version=version, buckets=buckets), bufs
+
+
+def _send_packed(pg, bufs):
+    """Sender of `_pack_with_checksums`' buckets: every broadcast posted in order, then waited for."""
+    for w in [pg.broadcast(buf, 0) for buf in bufs]:
+        w.wait()
+
+
 def test_pack_roundtrip_mixed_dtypes_and_bucket_limits():
     named = _named()
-    plan, bufs = pack_buckets(named, bucket_bytes=4096, version=3)
+    plan, groups = plan_buckets(named, bucket_bytes=4096, version=3)
+    bufs = [fill_bucket(spec, g) for spec, g in zip(plan.buckets, groups)]
     assert plan.version == 3 and len(plan.buckets) >= 2
     assert all(b.nbytes <= 8400 for b in plan.buckets)  # one oversized tensor may exceed the budget alone
     got = dict(kv for spec, buf in zip(plan.buckets, bufs) for kv in unpack_bucket(spec, buf))
@@ -59,7 +77,7 @@ def _pair(world=3):
 def test_gloo_broadcast_to_two_receivers():
     groups = _pair(3)
     named = _named()
-    plan, bufs = pack_buckets(named, 2048, version=1)
+    plan, parts = plan_buckets(named, 2048, version=1)
     got = [{}, {}]
 
     def recv(i):
@@ -69,7 +87,7 @@ def test_gloo_broadcast_to_two_receivers():
     ts = [threading.Thread(target=recv, args=(i,)) for i in range(2)]
     for t in ts:
         t.start()
-    send_plan(groups[0], bufs)
+    send_streaming(groups[0], plan, parts)
     for t in ts:
         t.join()
     for g in got:
@@ -79,7 +97,7 @@ def test_gloo_broadcast_to_two_receivers():
 
 def test_checksum_mismatch_is_an_error():
     groups = _pair(2)
-    plan, bufs = pack_buckets(_named(), 1 << 20, version=2)
+    plan, bufs = _pack_with_checksums(_named(), 1 << 20, version=2)
     bufs[0][5] ^= 7  # corrupted after the plan (and its checksum) was made
     err = []
 
@@ -92,7 +110,7 @@ def test_checksum_mismatch_is_an_error():
 
     t = threading.Thread(target=recv)
     t.start()
-    send_plan(groups[0], bufs)
+    _send_packed(groups[0], bufs)
     t.join()
     assert err and "checksum" in err[0] and "v2" in err[0]
 
@@ -101,8 +119,6 @@ def test_checksum_mismatch_is_an_error():
 def test_streamed_checksums_round_trip_and_catch_a_flipped_byte(corrupt):
     """The learner's path: buckets packed while earlier ones travel, each checksum sent after its
     bucket; a corrupted bucket is not loaded, the rest still arrive, then the error names it."""
-    from tempsamp.sync.weights import STREAMED, plan_buckets, send_streaming
-
     groups = _pair(2)
     named = _named()
     plan, parts = plan_buckets(named, 2048, version=4)
@@ -149,10 +165,10 @@ def test_hf_engine_weights_equal_learner_after_sync(tiny_models):
             for n, p in learner.named_parameters():
                 p.add_(0.01 * torch.randn_like(p))
         named = [(checkpoint_name(n), p.detach()) for n, p in learner.named_parameters() if "visual" not in n]
-        plan, bufs = pack_buckets(named, 1 << 20, version)
+        plan, parts = plan_buckets(named, 1 << 20, version)
         th = threading.Thread(target=lambda: eng.receive_weights(plan))
         th.start()
-        send_plan(groups[0], bufs)
+        send_streaming(groups[0], plan, parts)
         th.join()
         assert eng.version == version
         ours = dict(learner.named_parameters())

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from tempsamp.config import load_config
-from tempsamp.trainer import EpochSampler, SamplerState, complete_checkpoints, resolve_resume
+from tempsamp.data.sampler import EpochSampler, SamplerState
+from tempsamp.learner.checkpoint import complete_checkpoints, resolve_resume
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
 

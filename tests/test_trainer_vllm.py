@@ -67,7 +67,8 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
 
     from tempsamp.data.cache import CacheMismatchError, build_cache, read_entry
     from tempsamp.data.video import VideoParams
-    from tempsamp.trainer import Trainer, init_ray
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
 
     model = tiny_models("qwen2_5_vl")
     logs, ck, cache = tmp_path / "logs", tmp_path / "ck", tmp_path / "cache"
@@ -102,10 +103,10 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
 
             for method in ("generate", "receive_weights"):  # the EngineCore dies inside a live actor
                 ray.get(t.pools.engines[0].arm_fault.remote("kill_engine", method))
-                before = t._fault_metrics()
+                before = t.fault_metrics()
                 with caplog.at_level(logging.WARNING, logger="tempsamp"):
                     row = _step(t)
-                after = t._fault_metrics()
+                after = t.fault_metrics()
                 assert row["batch/rows"] == cfg.data.prompts_per_step * cfg.rollout.n, f"{method}: samples lost"
                 assert after["faults/restarts_rollout"] == before["faults/restarts_rollout"] + 1, method
                 assert ray.get(t.pools.engines[0].ping.remote())["alive"]
@@ -181,7 +182,8 @@ def test_family_through_fsdp2_vllm_sync_export_and_eval(family, dtype, tiny_mode
     from tempsamp.evaluation.runner import run_eval
     from tempsamp.models.loading import load_processor
     from tempsamp.models.policy import render_prompt
-    from tempsamp.trainer import Trainer, init_ray
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
 
     model = tiny_models(family)
     run = f"fam-{family}"

@@ -30,7 +30,8 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
     from tempsamp.models.loading import load_model, load_processor
     from tempsamp.models.policy import render_prompt
     from tempsamp.rollout.base import PromptRequest, SamplingSpec
-    from tempsamp.sync.weights import checkpoint_name, free_port, make_group, pack_buckets, send_plan
+    from tempsamp.models.names import checkpoint_name
+    from tempsamp.sync.weights import free_port, make_group, plan_buckets, send_streaming
 
     path = tiny_models("qwen2_5_vl")
     model = load_model(path, dtype="float32")
@@ -65,9 +66,9 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
                     if "visual" not in n:
                         p.add_(0.05 * torch.randn_like(p))
             named = [(checkpoint_name(n), p.detach()) for n, p in model.named_parameters() if "visual" not in n]
-            plan, bufs = pack_buckets(named, 8 << 20, version)
+            plan, parts = plan_buckets(named, 8 << 20, version)
             recv = eng.receive_weights.remote(plan)
-            send_plan(pg, bufs)
+            send_streaming(pg, plan, parts)
             assert ray.get(recv)["version"] == version
             assert ray.get(eng.weight_version.remote()) == version
             w = ray.get(eng.named_weights.remote(["model.layers.0.self_attn.o_proj.weight", "model.norm.weight"]))

@@ -1,4 +1,4 @@
-"""LearnerActor: one FSDP2 rank (core: learner_core.LearnerCore)."""
+"""LearnerActor: one FSDP2 rank, a thin shell over `learner.core.LearnerCore`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class LearnerActor(FaultHooks):
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
     def setup(self, cfg, model_dir: str, rank: int, world: int, dist_addr: str, total_steps: int) -> bool:
-        from ..learner_core import LearnerCore
+        from ..learner.core import LearnerCore
 
         self.core = LearnerCore(cfg, model_dir, rank, world, dist_addr, total_steps)
         return True
@@ -51,11 +51,7 @@ class LearnerActor(FaultHooks):
         return self.core.send_sync(self.pg, corrupt=corrupt)
 
     def named_weights(self, names: list[str]) -> dict:
-        from ..learner_core import _full
-        from ..sync.weights import memory_name
-
-        params = dict(self.core.model.named_parameters())
-        return {n: _full(params[memory_name(n)].detach()).float().cpu().clone() for n in names}
+        return self.core.full_weights(names)
 
     def save_shard(self, ckpt_dir: str) -> str:
         return self.core.save_shard(ckpt_dir)

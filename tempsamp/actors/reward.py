@@ -1,24 +1,18 @@
-"""RewardActor: IoU+format reward, shaping, GT injection, group advantages (core: algo/batch.py)."""
+"""RewardActor: IoU+format reward, shaping, GT injection, group advantages (core: algo/reward_core.py)."""
 
 from __future__ import annotations
 
 import ray
 
-from ..algo.batch import TrainBatch, build_train_batch
+from ..algo.batch import TrainBatch
+from ..algo.reward_core import RewardCore
 from .faults import FaultHooks
 
 
 @ray.remote
 class RewardActor(FaultHooks):
     def __init__(self, model_dir: str, options: dict):
-        """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps)."""
-        from ..models.loading import load_processor
-        from ..models.policy import special_ids
-
-        tok = load_processor(model_dir).tokenizer
-        self.encode = lambda text: tok.encode(text, add_special_tokens=False)
-        self.eos_id, self.pad_id = special_ids(tok)
-        self.options = options
+        self.core = RewardCore(model_dir, options)
 
     def ping(self) -> bool:
         return True
@@ -33,7 +27,4 @@ class RewardActor(FaultHooks):
         """`videos` is a list of ObjectRefs (kept as refs: the learner fetches them); `rollouts` are
         top-level refs of each engine's list[RolloutGroup]."""
         self._maybe_fault("score")
-        groups = [g for part in rollouts for g in part]
-        return build_train_batch(
-            groups, [tuple(a) for a in answers], prompt_texts, videos, step=step, encode=self.encode,
-            eos_id=self.eos_id, pad_id=self.pad_id, **self.options)
+        return self.core.score(step, answers, prompt_texts, videos, [g for part in rollouts for g in part])

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..config import effective_recipe
 from ..reward.grounding import grounding_reward
 from ..reward.gt import build_gt_response
 from ..reward.shaping import shaped_scores
@@ -52,11 +53,12 @@ class TrainBatch:
 
 
 def reward_options(cfg) -> dict:
-    """`build_train_batch`'s reward/advantage keyword arguments from a `Config` (the one mapping)."""
-    r, a = cfg.reward, cfg.algorithm
-    return dict(n=cfg.rollout.n, gt_injection=a.gt_injection_enabled(), gt_index=a.gt_index,
-                format_weight=r.format_weight, strict_format=r.strict_format, shaping=r.shaping,
-                shaping_threshold=r.shaping_threshold, shaping_alpha=r.shaping_alpha, adv_eps=a.adv_eps)
+    """`build_train_batch`'s reward/advantage keyword arguments from a `Config` (the one mapping);
+    GT injection and shaping as `effective_recipe` resolves them (preset of algorithm.name, explicit keys win)."""
+    rc = effective_recipe(cfg)
+    return dict(n=cfg.rollout.n, gt_injection=rc.gt_injection, gt_index=rc.gt_index,
+                format_weight=rc.format_weight, strict_format=cfg.reward.strict_format, shaping=rc.shaping,
+                shaping_threshold=rc.shaping_threshold, shaping_alpha=rc.shaping_alpha, adv_eps=rc.adv_eps)
 
 
 def build_train_batch(

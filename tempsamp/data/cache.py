@@ -96,6 +96,15 @@ def read_entry(cache_dir: str | Path, video_path: str, params: VideoParams) -> V
     return VideoSample(frames=frames, meta=meta, params=params, from_cache=True)
 
 
+SourceMode = Literal["prefer_preprocessed", "preprocessed_only", "realtime_only"]
+
+
+def cache_mode(data_cfg) -> SourceMode:
+    """The video source mode a run's `data` config means: `data.video_source_mode` when
+    `data.use_preprocessed`, else realtime_only (the cache is not touched)."""
+    return data_cfg.video_source_mode if data_cfg.use_preprocessed else "realtime_only"
+
+
 class VideoSource:
     """Where a run's frames come from: the Stage B cache and/or realtime decoding.
 
@@ -103,19 +112,12 @@ class VideoSource:
     realtime_only (never touch the cache). A parameter mismatch is an error unless rebuild=True.
     """
 
-    def __init__(self, params: VideoParams, cache_dir: str = "",
-                 mode: Literal["prefer_preprocessed", "preprocessed_only", "realtime_only"] = "realtime_only",
+    def __init__(self, params: VideoParams, cache_dir: str = "", mode: SourceMode = "realtime_only",
                  rebuild: bool = False):
         if mode != "realtime_only" and not cache_dir:
             raise ValueError(f"video_source_mode={mode} needs data.preprocessed_video_dir")
         self.params, self.cache_dir, self.mode, self.rebuild = params, cache_dir, mode, rebuild
         self.hits = self.misses = self.rebuilt = 0
-
-    @classmethod
-    def from_config(cls, cfg, params: VideoParams) -> "VideoSource":
-        d = cfg.data
-        mode = d.video_source_mode if d.use_preprocessed else "realtime_only"
-        return cls(params, d.preprocessed_video_dir, mode, d.rebuild_cache)
 
     def load(self, video_path: str) -> VideoSample:
         if self.mode != "realtime_only":
@@ -214,6 +216,6 @@ def build_cache(input_jsonl: str, cache_dir: str, output_jsonl: str, params: Vid
 
 
 __all__ = [
-    "CacheMismatchError", "CacheMissError", "VideoSource", "build_cache", "check_cache_params", "read_entry", "write_entry",
-    "entry_path",
+    "CacheMismatchError", "CacheMissError", "VideoSource", "build_cache", "cache_mode", "check_cache_params",
+    "read_entry", "write_entry", "entry_path",
 ]

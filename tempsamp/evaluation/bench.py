@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from pathlib import Path
 
 import msgspec
 
+from ..config import DEFAULT_DATASETS, parse_dataset_list  # one implementation (config reads DATASETS)
 from ..io import read_json_file
 
-DEFAULT_DATASETS = ("charades-timelens", "activitynet-timelens", "qvhighlights-timelens")
+__all__ = ["DEFAULT_DATASETS", "BenchError", "BenchSample", "parse_dataset_list", "load_bench_file", "load_bench"]
 
 
 class BenchError(ValueError):
@@ -36,26 +35,6 @@ class BenchSample(msgspec.Struct, frozen=True):
     @property
     def key(self) -> str:
         return f"{self.dataset}/{self.video_id}/{self.query_index}"
-
-
-def parse_dataset_list(value: str | list[str] | None) -> list[str]:
-    """`DATASETS` as the original's script takes it: names separated by commas and/or spaces;
-    a bare name (`charades`) means its `-timelens` file."""
-    if value is None or value == "" or value == []:
-        return list(DEFAULT_DATASETS)
-    items = value if isinstance(value, list) else re.split(r"[,\s]+", value.strip())
-    out = []
-    for it in items:
-        it = it.strip()
-        if not it:
-            continue
-        if it.endswith(".json"):
-            it = it[: -len(".json")]
-        if not it.endswith("-timelens"):
-            it = f"{it}-timelens"
-        if it not in out:
-            out.append(it)
-    return out
 
 
 def _span(raw, where: str) -> tuple[float, float]:
@@ -125,7 +104,3 @@ def load_bench(bench_dir: str | Path, datasets: list[str], skip_missing_videos: 
         samples += s
         missing[ds] = m
     return samples, missing
-
-
-def bench_dir_from_env(value: str | None) -> str:
-    return value or os.environ.get("BENCH_DIR", "")

@@ -18,7 +18,6 @@ from ..config import Config
 from ..data.prompts import build_problem
 from ..data.video import VideoParams
 from ..io import atomic_path
-from ..placement.plan import PlacementError
 from .bench import BenchError, BenchSample, load_bench
 from .metrics import Prediction, all_metrics, markdown_table, score_reply
 
@@ -228,30 +227,15 @@ def write_outputs(all_preds: list[Prediction], wanted: set[str], datasets: list[
     return metrics, pred_path, mj, md
 
 
-def _check_fits(gpus: float, cpus: float) -> None:
-    """Fail before any actor starts (a pending actor would wait forever) when the cluster is too small."""
-    import ray
-
-    have = ray.cluster_resources()
-    if gpus > have.get("GPU", 0):
-        raise PlacementError(f"eval: needs {gpus:g} GPUs (eval.num_engines x rollout.tensor_parallel_size), the "
-                             f"cluster has {have.get('GPU', 0):g}; on a CPU machine set placement.use_gpus=false")
-    if cpus > have.get("CPU", 0):
-        raise PlacementError(f"eval: needs {cpus:g} CPUs ((eval.num_engines + eval.num_decoders) x "
-                             f"eval.cpus_per_actor), the cluster has {have.get('CPU', 0):g}")
-
-
 def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None,
              datasets: list[str] | None = None, progress: bool = True) -> EvalReport:
     """Evaluate `model` (an exported actor folder or a base model) on the bench; see module doc."""
-    import ray
-
-    from ..actors.decode import DecodeActor
-    from ..actors.pools import engine_kwargs
-    from ..rollout.support import check_engine_support
-    from ..actors.rollout import RolloutActor
+    from ..actors.pools import Pools, decode_factory, engine_factory
+    from ..cluster import cluster_resources, init_ray
     from ..models.loading import detect_family, load_processor
-    from ..trainer import init_ray
+    from ..placement.plan import make_serving_plan
+    from ..rollout.engine_args import engine_args
+    from ..rollout.support import check_engine_support
 
     t0 = time.time()
     e = cfg.eval
@@ -276,17 +260,15 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
         init_ray()
         processor = load_processor(model_dir)
         backend = e.backend if e.backend != "auto" else ("vllm" if cfg.placement.use_gpus else "hf")
-        check_engine_support(cfg, backend, detect_family(model_dir))
-        kw, env = engine_kwargs(cfg, backend, detect_family(model_dir))
+        family = detect_family(model_dir)
+        check_engine_support(cfg, backend, family)
+        kw, env = engine_args(cfg, backend, family)
         gpus = cfg.rollout.tensor_parallel_size if cfg.placement.use_gpus else 0
-        _check_fits(e.num_engines * gpus, (e.num_engines + e.num_decoders) * e.cpus_per_actor)
-        run = cfg.trainer.run_name
-        engines = [RolloutActor.options(num_cpus=e.cpus_per_actor, num_gpus=gpus, runtime_env=env,
-                                        name=f"{run}-eval-engine-{i}").remote(backend, model_dir,
-                                                                              f"{run}-eval-engine-{i}", kw)
-                   for i in range(e.num_engines)]
-        decoders = [DecodeActor.options(num_cpus=e.cpus_per_actor, name=f"{run}-eval-decode-{i}").remote(params)
-                    for i in range(e.num_decoders)]
+        plan = make_serving_plan(e.num_engines, gpus, e.cpus_per_actor, e.num_decoders, cluster_resources(),
+                                 engines_by="eval.num_engines x rollout.tensor_parallel_size",
+                                 decoders_by="eval.num_decoders x eval.cpus_per_actor")
+        pools = Pools(plan, {"rollout": engine_factory(backend, model_dir, kw, env), "decode": decode_factory(params)},
+                      f"{cfg.trainer.run_name}-eval", cfg.trainer.actor_start_timeout_s)
         enc = msgspec.json.Encoder()
         f = open(pred_path, "ab")
 
@@ -296,12 +278,11 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
             os.fsync(f.fileno())
 
         try:
-            generated, bad = generate_predictions(todo, engines, decoders, params, processor, cfg, sink,
+            generated, bad = generate_predictions(todo, pools.engines, pools.decode, params, processor, cfg, sink,
                                                   e.skip_missing_videos, progress)
         finally:
             f.close()
-            for a in engines + decoders:
-                ray.kill(a)
+            pools.shutdown()
         for ds, ids in bad.items():
             skipped.setdefault(ds, []).extend(ids)
     extra = {"model": model, "base_model": base_model or "", "bench_dir": e.bench_dir,

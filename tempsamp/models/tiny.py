@@ -146,3 +146,10 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int 
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def ensure_model(cfg, out_root: str | Path = "outputs/models") -> str:
+    """model.path, or (when empty: demo and tests) a tiny model of model.tiny_family under `out_root`."""
+    if cfg.model.path:
+        return cfg.model.path
+    return str(build_tiny_model(Path(out_root) / f"tiny_{cfg.model.tiny_family}", cfg.model.tiny_family))

@@ -33,6 +33,7 @@ class RolePlan(msgspec.Struct):
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     shares_with: str = ""  # colocated role whose GPUs this role uses
+    sized_by: str = ""  # the config keys that size this role (named when it does not fit)
 
     @property
     def gpus(self) -> float:
@@ -47,10 +48,7 @@ class Plan(msgspec.Struct):
     roles: dict[str, RolePlan]
     cluster_gpus: float
     cluster_cpus: float
-    colocate: bool
-
-    def role(self, name: str) -> RolePlan:
-        return self.roles[name]
+    colocate: bool = False
 
 
 def make_plan(cfg, cluster: dict | None = None) -> Plan:
@@ -68,8 +66,10 @@ def make_plan(cfg, cluster: dict | None = None) -> Plan:
                              "one learner rank per GPU")
     learner_strategy = "STRICT_PACK" if (not p.use_gpus or n_learn <= p.gpus_per_node) else "PACK"
     roles["learner"] = RolePlan("learner", n_learn, [Bundle(CPU=p.cpus_per_gpu_actor, GPU=g)] * n_learn,
-                                learner_strategy, gpus_per_actor=g, cpus_per_actor=p.cpus_per_gpu_actor)
+                                learner_strategy, gpus_per_actor=g, cpus_per_actor=p.cpus_per_gpu_actor,
+                                sized_by="learner.num_ranks")
     tp = r.tensor_parallel_size
+    engines_by = "rollout.num_engines x rollout.tensor_parallel_size"
     if p.use_gpus and tp > p.gpus_per_node:
         raise PlacementError(f"role `rollout`: tensor_parallel_size={tp} exceeds gpus_per_node={p.gpus_per_node}")
     if p.colocate:
@@ -81,38 +81,58 @@ def make_plan(cfg, cluster: dict | None = None) -> Plan:
         # rollout engines take half of each learner GPU (time-shared); their bundles share the GPUs.
         roles["rollout"] = RolePlan("rollout", r.num_engines, [Bundle(CPU=p.cpus_per_gpu_actor, GPU=0.5 * tp)]
                                     * r.num_engines, "PACK", gpus_per_actor=0.5 * tp,
-                                    cpus_per_actor=p.cpus_per_gpu_actor, shares_with="learner")
+                                    cpus_per_actor=p.cpus_per_gpu_actor, shares_with="learner", sized_by=engines_by)
         roles["learner"] = RolePlan("learner", n_learn, [Bundle(CPU=p.cpus_per_gpu_actor, GPU=0.5)] * n_learn,
                                     learner_strategy, gpus_per_actor=0.5, cpus_per_actor=p.cpus_per_gpu_actor,
-                                    shares_with="rollout")
+                                    shares_with="rollout", sized_by="learner.num_ranks")
     else:
         roles["rollout"] = RolePlan("rollout", r.num_engines, [Bundle(CPU=p.cpus_per_gpu_actor, GPU=g * tp)]
                                     * r.num_engines, "PACK", gpus_per_actor=g * tp,
-                                    cpus_per_actor=p.cpus_per_gpu_actor)
+                                    cpus_per_actor=p.cpus_per_gpu_actor, sized_by=engines_by)
     roles["decode"] = RolePlan("decode", p.decode_actors, [Bundle(CPU=p.cpus_per_decode_actor)] * p.decode_actors,
-                               "SPREAD", cpus_per_actor=p.cpus_per_decode_actor)
+                               "SPREAD", cpus_per_actor=p.cpus_per_decode_actor,
+                               sized_by="placement.decode_actors x placement.cpus_per_decode_actor")
     roles["reward"] = RolePlan("reward", p.reward_actors, [Bundle(CPU=p.cpus_per_reward_actor)] * p.reward_actors,
-                               "PACK", cpus_per_actor=p.cpus_per_reward_actor)
+                               "PACK", cpus_per_actor=p.cpus_per_reward_actor,
+                               sized_by="placement.reward_actors x placement.cpus_per_reward_actor")
     plan = Plan(roles=roles, cluster_gpus=gpus_avail, cluster_cpus=cpus_avail, colocate=p.colocate)
-    _check_fit(plan)
+    check_fit(plan)
     return plan
 
 
-def _check_fit(plan: Plan) -> None:
+def make_serving_plan(engines: int, gpus_per_engine: float, cpus_per_actor: float, decoders: int,
+                      cluster: dict, engines_by: str, decoders_by: str) -> Plan:
+    """Plan of a job that only serves a model (evaluation, re-framing): `engines` engine actors and
+    `decoders` decode actors, checked against `cluster` by the same fit check as training."""
+    roles = {
+        "rollout": RolePlan("rollout", engines, [Bundle(CPU=cpus_per_actor, GPU=gpus_per_engine)] * engines, "PACK",
+                            gpus_per_actor=gpus_per_engine, cpus_per_actor=cpus_per_actor, sized_by=engines_by),
+        "decode": RolePlan("decode", decoders, [Bundle(CPU=cpus_per_actor)] * decoders, "SPREAD",
+                           cpus_per_actor=cpus_per_actor, sized_by=decoders_by),
+    }
+    plan = Plan(roles=roles, cluster_gpus=float(cluster.get("GPU", 0.0)), cluster_cpus=float(cluster.get("CPU", 0.0)))
+    check_fit(plan)
+    return plan
+
+
+def check_fit(plan: Plan) -> None:
+    """Fail before any actor starts (a pending actor would wait forever) when the roles, in order,
+    do not fit the cluster; the message names the role, the shortfall and the keys that size it."""
     gpus_left, cpus_left = plan.cluster_gpus, plan.cluster_cpus
-    for name in ("learner", "rollout", "decode", "reward"):
-        rp = plan.roles[name]
+    for name, rp in plan.roles.items():
+        knobs = f" (sized by {rp.sized_by})" if rp.sized_by else ""
         if rp.actors < 1:
-            raise PlacementError(f"role `{name}` needs at least one actor (got {rp.actors})")
+            raise PlacementError(f"role `{name}` needs at least one actor (got {rp.actors}){knobs}")
         need_g = rp.gpus
         if need_g > gpus_left + 1e-9:
             others = ", ".join(f"{k} {v.gpus:g}" for k, v in plan.roles.items() if k != name and v.gpus)
+            hint = "; on a CPU-only cluster set placement.use_gpus=false" if not plan.cluster_gpus else ""
             raise PlacementError(f"role `{name}` needs {need_g:g} GPUs but only {gpus_left:g} are left "
                                  f"(cluster {plan.cluster_gpus:g} GPUs; {others or 'no other GPU roles'}); "
-                                 f"short by {need_g - gpus_left:g}")
+                                 f"short by {need_g - gpus_left:g}{knobs}{hint}")
         if rp.cpus > cpus_left + 1e-9:
             raise PlacementError(f"role `{name}` needs {rp.cpus:g} CPUs but only {cpus_left:g} are left "
-                                 f"(cluster {plan.cluster_cpus:g} CPUs); short by {rp.cpus - cpus_left:g}")
+                                 f"(cluster {plan.cluster_cpus:g} CPUs); short by {rp.cpus - cpus_left:g}{knobs}")
         gpus_left -= need_g
         cpus_left -= rp.cpus
 
@@ -129,22 +149,3 @@ def format_plan(plan: Plan) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def create_placement_groups(plan: Plan, timeout_s: float = 120.0, name_prefix: str = "tempsamp") -> dict:
-    """Reserve one placement group per role; fail with the role name if Ray cannot place it."""
-    import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-
-    pgs = {}
-    for name, rp in plan.roles.items():
-        pg = placement_group([b.as_ray() for b in rp.bundles], strategy=rp.strategy, name=f"{name_prefix}-{name}")
-        ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-        if not ready:
-            for other in list(pgs.values()) + [pg]:
-                remove_placement_group(other)
-            raise PlacementError(f"role `{name}`: Ray could not place {len(rp.bundles)} bundles "
-                                 f"{rp.bundles[0].as_ray()} ({rp.strategy}) within {timeout_s:.0f}s; "
-                                 f"cluster resources: {ray.cluster_resources()}")
-        pgs[name] = pg
-    return pgs

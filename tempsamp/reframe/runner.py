@@ -44,9 +44,7 @@ def _geometry_task(path: str):
 
 
 def run_reframe(index: list[IndexEntry], video_dir: str, out: str, opts: ReframeOptions) -> dict:
-    import ray
-
-    from ..trainer import init_ray
+    from ..cluster import init_ray
 
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
@@ -121,11 +119,12 @@ def _run_qwen(entries, video_dir, opts, emit) -> None:
     chosen clip; videos are spread over the engines, one in flight per engine."""
     import ray
 
-    from ..actors.decode import DecodeActor
-    from ..actors.rollout import RolloutActor
+    from ..actors.pools import Pools, decode_factory, engine_factory
+    from ..cluster import cluster_resources
     from ..data.video import VideoParams
     from ..models.loading import PATCH_SIZE, detect_family, load_processor
     from ..models.policy import render_prompt
+    from ..placement.plan import make_serving_plan
     from ..rollout.base import PromptRequest, SamplingSpec
 
     if not opts.model:
@@ -138,11 +137,12 @@ def _run_qwen(entries, video_dir, opts, emit) -> None:
     p2 = render_prompt(processor, "<video>" + STAGE2_PROMPT)
     spec = SamplingSpec(n=1, greedy=True, temperature=0.0, max_new_tokens=opts.max_new_tokens)
     kw = {"dtype": "float32"} if opts.backend == "hf" else {"dtype": "bfloat16", "enforce_eager": True}
-    engines = [RolloutActor.options(num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_engine,
-                                    name=f"reframe-engine-{i}").remote(opts.backend, opts.model, f"reframe-engine-{i}", kw)
-               for i in range(opts.num_engines)]
-    decoders = [DecodeActor.options(num_cpus=opts.cpus_per_actor, name=f"reframe-decode-{i}").remote(params)
-                for i in range(opts.num_decoders)]
+    plan = make_serving_plan(opts.num_engines, opts.gpus_per_engine, opts.cpus_per_actor, opts.num_decoders,
+                             cluster_resources(), engines_by="--num-engines x gpus_per_engine (1 with --backend vllm)",
+                             decoders_by="ReframeOptions.num_decoders x cpus_per_actor")
+    pools = Pools(plan, {"rollout": engine_factory(opts.backend, opts.model, kw), "decode": decode_factory(params)},
+                  "reframe", opts.call_timeout_s)
+    engines, decoders = pools.engines, pools.decode
     try:
         geom_task = ray.remote(num_cpus=0)(_geometry_task)
         queue = list(entries)
@@ -201,5 +201,4 @@ def _run_qwen(entries, video_dir, opts, emit) -> None:
                             + ("" if centres else "; no keyframe parsed: centred boxes")})
             free.append(i)
     finally:
-        for a in engines + decoders:
-            ray.kill(a)
+        pools.shutdown()

@@ -21,17 +21,6 @@ class IndexEntry(msgspec.Struct, frozen=True):
     targetRatioWH: tuple[int, int]  # noqa: N815 (the competition's field name)
 
 
-class Box(msgspec.Struct, array_like=False):
-    frame: int
-    bboxes: list[int]  # [x, y, w]
-
-
-class SubmissionLine(msgspec.Struct):
-    video_id: str
-    targetRatioWH: list[int]  # noqa: N815
-    predictions: list[Box]
-
-
 def read_index(path: str | Path) -> list[IndexEntry]:
     p = Path(path)
     raw = read_json_file(p, list, ReframeError, "index file")

@@ -55,7 +55,7 @@ class HFEngine:
         return {"version": plan.version, "tensors": n}
 
     def named_weights(self, names: list[str]) -> dict:
-        from ..sync.weights import memory_name
+        from ..models.names import memory_name
 
         params = dict(self.model.named_parameters())
         return {n: params[memory_name(n)].detach().float().clone() for n in names if memory_name(n) in params}

