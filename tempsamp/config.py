@@ -62,6 +62,10 @@ def parse_dataset_list(value: str | list[str] | None) -> list[str]:
     return out
 
 
+# the demo's config (local Ray, CPU, synthetic data, tiny model); also the recipe check's default
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
+
+
 class ConfigError(ValueError):
     """A config value is missing, unknown or of the wrong type; the message names key and source."""
 

@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
 PLOT_KEYS = [("reward/raw_score_mean_no_gt", "on-policy IoU + 0.1 format (unshaped)"),
              ("reward/iou_mean_no_gt", "on-policy IoU"),
              ("reward/format_rate_no_gt", "on-policy format rate"),
@@ -67,10 +66,10 @@ def write_report(logs: dict[str, list[dict]], out: Path) -> tuple[Path, Path]:
 
 def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = False,
              algorithms: tuple[str, ...] = ("grpo", "tempsamp"), backend: str | None = None) -> int:
-    from .config import load_config
+    from .cluster import init_ray
+    from .config import DEMO_CONFIG, load_config
     from .data.synthetic import generate
     from .models.tiny import build_tiny_model
-    from .cluster import init_ray
     from .trainer import Trainer
 
     out_p = Path(out).absolute()

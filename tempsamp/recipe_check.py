@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .algo.batch import build_train_batch, reward_options
-from .config import Config, load_config
+from .config import DEMO_CONFIG, Config, load_config
 
 CURVE_KEYS = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt", "reward/raw_score_mean_no_gt",
               "adv/zero_groups", "learn/gt_logp_per_token")
@@ -31,7 +31,7 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     from .learner.core import LearnerCore
     from .models.loading import detect_family
     from .models.policy import build_inputs, render_prompt, special_ids
-    from .rollout.base import SamplingSpec, step_seed
+    from .rollout.base import SamplingSpec
     from .rollout.hf import sample_group
     from .data.dataset import load_dataset
     from .data.sampler import EpochSampler
@@ -57,7 +57,7 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
             t0 = time.time()
             _, idx = sampler.next()
             # rollout: HF generate on the learner's own model (exactly on-policy); prompt j seeds with seed + j
-            spec = SamplingSpec.from_rollout(cfg.rollout, step_seed(cfg.rollout.seed, step))
+            spec = SamplingSpec.for_step(cfg.rollout, step)
             core.model.eval()
             groups = [sample_group(core.model, tok, inputs[i], j, spec, step) for j, i in enumerate(idx)]
             t_roll = time.time() - t0
@@ -125,7 +125,6 @@ def run_recipe_check(out: str = "outputs/recipe_check", steps: int | None = None
                      n_train: int = 16) -> dict:
     """Synthetic data + tiny model, then both algorithms in this process. Returns the summary."""
     from .data.synthetic import generate
-    from .demo import DEMO_CONFIG
     from .models.tiny import build_tiny_model
 
     out_p = Path(out).absolute()

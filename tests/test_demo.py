@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tempsamp.config import load_config
-from tempsamp.demo import DEMO_CONFIG
+from tempsamp.config import DEMO_CONFIG
 from tempsamp.reward.shaping import shaped_scores
 
 
@@ -14,7 +14,7 @@ def _assert_one_perfect_gt_row_per_group(steps: list[dict]) -> None:
     """TempSamp's GT injection as the step log shows it: with exactly one GT row per group of n, every all-rows
     mean is (GT row + (n - 1) x on-policy mean) / n, so n x mean - (n - 1) x mean_no_gt is the GT row's value:
     IoU 1, format 1, score = the (shaped) reward of a perfect answer."""
-    cfg = load_config(DEMO_CONFIG, ["algorithm.name=tempsamp", "reward.shaping=true"], env={})
+    cfg = load_config(DEMO_CONFIG, ["algorithm.name=tempsamp"], env={})
     n, rw = cfg.rollout.n, cfg.reward
     perfect = float(shaped_scores([1.0], [1.0], rw.format_weight, True, rw.shaping_threshold, rw.shaping_alpha)[0])
     for r in steps:

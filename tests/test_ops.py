@@ -33,9 +33,8 @@ def test_local_ray_listens_on_loopback_and_exports_dashboard_metrics(monkeypatch
     from tempsamp.cluster import init_ray
 
     port = free_port()
-    monkeypatch.setenv("TEMPSAMP_METRICS_PORT", str(port))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    init_ray(num_cpus=1)
+    init_ray(num_cpus=1, metrics_port=port)
     try:
         me = psutil.Process()
         pids = {me.pid} | {p.pid for p in me.children(recursive=True)}

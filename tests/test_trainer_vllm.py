@@ -85,9 +85,8 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
         Trainer(cfg, model_dir=model)  # refused before any actor starts
 
     port = free_port()
-    monkeypatch.setenv("TEMPSAMP_METRICS_PORT", str(port))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=2, metrics_port=port)
     try:
         t = Trainer(msgspec.structs.replace(cfg, data=msgspec.structs.replace(cfg.data, rebuild_cache=True)),
                     model_dir=model)

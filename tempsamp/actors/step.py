@@ -18,7 +18,7 @@ import ray
 
 from ..cluster import error_text, wait_classified
 from ..errors import BadSampleError, StepFailed
-from ..rollout.base import PromptRequest, SamplingSpec, step_seed
+from ..rollout.base import PromptRequest, SamplingSpec
 from .pools import Pools
 from .weight_sync import WeightBroadcast
 
@@ -80,9 +80,6 @@ class StepRunner:
         self._submit_reward(st)
         return st
 
-    def _spec(self, step: int) -> SamplingSpec:
-        return SamplingSpec.from_rollout(self.cfg.rollout, step_seed(self.cfg.rollout.seed, step))
-
     def _submit_rollouts(self, st: InFlightStep, only: list[int] | None = None) -> None:
         """(Re)submit generate calls: prompt j of the step goes to engine j % engines."""
         engines = self.pools.engines
@@ -90,7 +87,7 @@ class StepRunner:
             st.rollouts = [RolloutCall(e, list(range(e, len(st.indices), len(engines))))
                            for e in range(len(engines)) if e < len(st.indices)]
             only = list(range(len(st.rollouts)))
-        spec = self._spec(st.step)
+        spec = SamplingSpec.for_step(self.cfg.rollout, st.step)
         for k in only:
             call = st.rollouts[k]
             reqs = [PromptRequest(key=j, prompt_text=self.prompts[st.indices[j]]) for j in call.positions]

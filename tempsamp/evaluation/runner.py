@@ -128,8 +128,8 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
     `decoders` (`decode_with`). Each finished call's predictions go to `sink(list[Prediction])`.
     Work is handed to whichever engine is free; decodes run ahead by one call per engine."""
     import ray
-    from ray.exceptions import RayTaskError
 
+    from ..cluster import error_text, wait_classified
     from ..models.policy import render_prompt
     from ..rollout.base import PromptRequest, SamplingSpec
 
@@ -172,23 +172,21 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
         ref = ready[0]
         i, call, vref = inflight.pop(ref)
         free.append(i)
-        try:
-            groups = ray.get(ref)
-        except RayTaskError as err:
-            try:  # was it the video (decode) or the engine?
-                ray.get(vref)
-            except RayTaskError as derr:
+        (kind, groups), = wait_classified([ref], e.call_timeout_s)
+        if kind != "ok":
+            (vkind, verr), = wait_classified([vref], e.call_timeout_s)  # was it the video (decode) or the engine?
+            if vkind in ("error", "refused"):
                 s0 = call[0]
                 if skip_bad_videos:
-                    log.warning("eval: skipping undecodable video %s/%s: %s", s0.dataset, s0.video_id,
-                                str(derr.cause if hasattr(derr, "cause") else derr).splitlines()[0])
+                    log.warning("eval: skipping undecodable video %s/%s: %s", s0.dataset, s0.video_id, error_text(verr))
                     skipped.setdefault(s0.dataset, []).append(s0.video_id)
                     if bar is not None:
                         bar.update(len(call))
                     continue
                 raise BenchError(f"{s0.dataset}: video {s0.video_id!r} ({s0.video}) could not be decoded: "
-                                 f"{derr.cause if hasattr(derr, 'cause') else derr}") from None
-            raise RuntimeError(f"eval: engine {i} failed on {call[0].dataset}/{call[0].video_id}: {err}") from None
+                                 f"{error_text(verr)}") from None
+            raise RuntimeError(f"eval: engine {i} failed on {call[0].dataset}/{call[0].video_id}: {kind} "
+                               f"({error_text(groups) if groups is not None else 'no reply in time'})") from None
         preds = []
         for s, g in zip(call, sorted(groups, key=lambda g: g.key)):
             text = g.texts[0] if g.texts else ""

@@ -15,11 +15,12 @@ class SamplingSpec(msgspec.Struct, frozen=True):
     seed: int | None = None
 
     @classmethod
-    def from_rollout(cls, rollout_cfg, seed: int | None) -> "SamplingSpec":
-        """The training sampling settings of `cfg.rollout` with this step's seed."""
+    def for_step(cls, rollout_cfg, step: int) -> "SamplingSpec":
+        """The training sampling settings of `cfg.rollout` for training step `step` (seeded by
+        `step_seed(rollout.seed, step)`): the one rule for the trainer and the recipe check."""
         r = rollout_cfg
         return cls(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                   max_new_tokens=r.max_new_tokens, seed=seed)
+                   max_new_tokens=r.max_new_tokens, seed=step_seed(r.seed, step))
 
 
 def step_seed(rollout_seed: int | None, step: int) -> int | None:
