@@ -1,4 +1,4 @@
-"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | demo | reframe | reframe-check | reframe-preview."""
+"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | eval-compare | demo | reframe | reframe-check | reframe-preview."""
 
 from __future__ import annotations
 
@@ -142,13 +142,19 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_eval_compare(a) -> int:
+    from .evaluation.compare import compare_runs, comparison_table
+
+    print(comparison_table(compare_runs(a.a, a.b), a.labels[0], a.labels[1]), end="")
+    return 0
+
+
 def cmd_reframe(a) -> int:
     from .reframe.runner import ReframeOptions, run_reframe
     from .reframe.submission import read_index
 
     opts = ReframeOptions(method=a.method, model=a.model or "", backend=a.backend, frame_stride=a.frame_stride,
-                          num_engines=a.num_engines, gpus_per_engine=1.0 if a.backend == "vllm" else 0.0,
-                          on_no_segment=a.on_no_segment)
+                          num_engines=a.num_engines, on_no_segment=a.on_no_segment)
     rep = run_reframe(read_index(a.index), a.video_dir, a.out, opts)
     print(f"reframe: {rep['ran']} videos run, {rep['resumed']} resumed, {rep['missing']} missing "
           f"({rep['seconds']:.1f}s) -> {a.out} (raw model replies: {a.out}.raw.jsonl)")
@@ -232,13 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--skip-missing-videos", action="store_true", help="skip (and count) missing/undecodable videos")
     _add_config_args(p)
+    p = sub.add_parser("eval-compare", help="two eval output folders side by side, with per-query win/tie/loss")
+    p.add_argument("a", help="eval output folder A (the baseline)")
+    p.add_argument("b", help="eval output folder B")
+    p.add_argument("--labels", nargs=2, default=["A", "B"], metavar=("LABEL_A", "LABEL_B"))
     p = sub.add_parser("reframe", help="Highlight Video Re-framing baselines (center | qwen) on Ray")
     p.add_argument("--index", required=True, help="test_index.json")
     p.add_argument("--video-dir", required=True, help="folder with <video_id>.mp4")
     p.add_argument("--out", required=True, help="submission JSONL (appended; finished ids are skipped on rerun)")
     p.add_argument("--method", choices=["center", "qwen"], default="center")
     p.add_argument("--model", help="Qwen-VL model folder (method qwen)")
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+                   help="auto: vllm (1 GPU per engine) when the Ray cluster has GPUs, else hf on CPU")
     p.add_argument("--num-engines", type=int, default=1)
     p.add_argument("--frame-stride", type=int, default=1)
     p.add_argument("--on-no-segment", choices=["whole", "empty"], default="whole",
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-3")
     a = ap.parse_args(argv)
     handlers = {"recipe-check": cmd_recipe_check, "convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
-                "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+                "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "eval-compare": cmd_eval_compare, "demo": cmd_demo,
                 "reframe": cmd_reframe, "reframe-check": cmd_reframe_check, "reframe-preview": cmd_reframe_preview}
     from .config import ConfigError
     from .data.cache import CacheMismatchError, CacheMissError

@@ -135,6 +135,20 @@ class AlgorithmConfig(_S):
     use_kl: bool = False
     kl_coef: float = 0.01
     kl_type: Literal["low_var_kl", "k1", "k2"] = "low_var_kl"
+    # Rollout/learner mismatch correction (the engine's log-probs are the behaviour policy):
+    # tis = truncated importance sampling, each token's loss x min(pi_old / pi_behaviour, tis_cap);
+    # mis = masked: tokens (mis_level token) or whole responses (sequence: geometric-mean ratio) whose
+    # ratio leaves [mis_low, mis_high] get weight 0. GT rows keep weight 1 (not sampled: the original's
+    # ratio 1). auto = none with trainer.max_staleness 0 (the original), tis with >= 1.
+    rollout_correction: Literal["auto", "none", "tis", "mis"] = "auto"
+    tis_cap: float = 2.0
+    mis_low: float = 0.5
+    mis_high: float = 2.0
+    mis_level: Literal["token", "sequence"] = "token"
+    # DAPO-style dynamic sampling (an ablation arm): drop groups whose rows all scored the same (zero
+    # advantage) and draw more prompts, at most filter_max_rounds extra rounds, until the batch is full.
+    filter_groups: bool = False
+    filter_max_rounds: int = 3
 
     def gt_injection_enabled(self) -> bool:
         """Same answer as `effective_recipe(cfg).gt_injection` (one rule: `_preset`)."""
@@ -188,7 +202,9 @@ class PlacementConfig(_S):
     cpus_per_reward_actor: float = 1.0
     cpus_per_gpu_actor: float = 1.0
     colocate: bool = False  # learner and rollout share GPUs (time-sliced)
-    use_gpus: bool = True  # False = CPU-only plan (demo, tests)
+    # auto = GPUs when the Ray cluster has any, else a CPU-only plan (one notice line); true/false win.
+    # An autoscaling cluster that starts without GPU nodes needs an explicit true.
+    use_gpus: bool | Literal["auto"] = "auto"
 
 
 class SyncConfig(_S):
@@ -211,9 +227,12 @@ class EvalConfig(_S):
     bench_dir: str = ""  # TimeLens-Bench folder, also in-training validation's data (env BENCH_DIR)
     datasets: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_DATASETS))  # env DATASETS
     fps: float = 2.0
-    min_pixels: int = 65_536
-    max_pixels: int = 786432
-    total_pixels: int = 14_680_064
+    # 0 = the original's budget for the model family, given in tokens x d^2 (d = patch x merge: 28 for
+    # Qwen2.x, 32 for Qwen3.x): min 64 tokens (50,176 / 65,536 px), per frame at most qwen-vl-utils'
+    # 768 tokens, total 14,336 tokens (11,239,424 / 14,680,064 px). A value set here wins.
+    min_pixels: int = 0
+    max_pixels: int = 0
+    total_pixels: int = 0
     max_frames: int = 0  # 0 = no cap other than qwen-vl-utils' default (768)
     max_new_tokens: int = 512
     parse_mode: Literal["eval", "training"] = "eval"
@@ -290,6 +309,11 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
     use_kl: bool
     kl_coef: float
     kl_type: str
+    rollout_correction: str = "none"  # none | tis | mis (auto resolved)
+    tis_cap: float = 2.0
+    mis_bounds: tuple[float, float] = (0.5, 2.0)
+    mis_level: str = "token"
+    filter_groups: bool = False
     # explicit keys whose value differs from the preset of `name` (an ablation), e.g. ("reward.shaping",)
     overrides: tuple[str, ...] = ()
 
@@ -305,7 +329,17 @@ def effective_recipe(cfg: Config) -> Recipe:
                   format_weight=r.format_weight, adv_eps=a.adv_eps, loss_agg_mode=a.loss_agg_mode,
                   clip_ratio_low=a.clip_ratio_low, clip_ratio_high=a.clip_ratio_high,
                   clip_ratio_dual=a.clip_ratio_dual, use_kl=a.use_kl, kl_coef=a.kl_coef, kl_type=a.kl_type,
-                  overrides=overrides)
+                  rollout_correction=rollout_correction(cfg), tis_cap=a.tis_cap, mis_bounds=(a.mis_low, a.mis_high),
+                  mis_level=a.mis_level, filter_groups=a.filter_groups, overrides=overrides)
+
+
+def rollout_correction(cfg: Config) -> str:
+    """algorithm.rollout_correction with auto resolved: none for the synchronous schedule
+    (trainer.max_staleness 0, faithful to the original), tis when rollouts may lag the learner."""
+    rc = cfg.algorithm.rollout_correction
+    if rc != "auto":
+        return rc
+    return "tis" if cfg.trainer.max_staleness >= 1 else "none"
 
 
 def describe_recipe(cfg: Config) -> str:
@@ -317,8 +351,12 @@ def describe_recipe(cfg: Config) -> str:
     sh = (f"shaping on (threshold {rc.shaping_threshold}, alpha {rc.shaping_alpha})" if rc.shaping
           else "shaping off")
     kl = f"KL {rc.kl_type} (coef {rc.kl_coef})" if rc.use_kl else "no KL"
+    corr = {"none": "no rollout correction", "tis": f"rollout correction tis (cap {rc.tis_cap})",
+            "mis": f"rollout correction mis ({rc.mis_level}, ratio in [{rc.mis_bounds[0]}, {rc.mis_bounds[1]}])"
+            }[rc.rollout_correction]
     line = (f"recipe: {rc.name} — {gt}, {sh}, loss {rc.loss_agg_mode}, "
-            f"clip {rc.clip_ratio_low}/{rc.clip_ratio_high} (dual {rc.clip_ratio_dual}), {kl}")
+            f"clip {rc.clip_ratio_low}/{rc.clip_ratio_high} (dual {rc.clip_ratio_dual}), {kl}, {corr}"
+            + (", filter zero-variance groups" if rc.filter_groups else ""))
     if rc.overrides:
         line += f"; differs from the {rc.name} preset by {', '.join(rc.overrides)}"
     return line
@@ -478,6 +516,15 @@ def check_config(cfg: Config, source: str = "config") -> None:
             f"({d.max_prompt_length}) + rollout.max_new_tokens ({r.max_new_tokens}) = {need}: "
             "the engine could not hold the longest prompt plus its response; raise rollout.max_model_len "
             "or lower data.max_prompt_length / rollout.max_new_tokens")
+    a = cfg.algorithm
+    if a.tis_cap <= 0:
+        raise ConfigError(f"{source}: algorithm.tis_cap must be > 0 (got {a.tis_cap})")
+    if not 0 <= a.mis_low < 1 < a.mis_high:
+        raise ConfigError(f"{source}: algorithm.mis_low / mis_high must bracket 1 (0 <= low < 1 < high), got "
+                          f"[{a.mis_low}, {a.mis_high}]")
+    if r.temperature <= 0:
+        raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
+                          "the learner scores responses at the sampling temperature")
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -40,10 +40,11 @@ class Trainer:
         from .models.loading import detect_family, load_processor
         from .models.policy import render_prompt
         from .models.tiny import ensure_model
-        from .placement.plan import make_plan
+        from .placement.plan import make_plan, resolve_use_gpus
         from .rollout.support import check_engine_support
 
-        self.cfg = cfg
+        cluster = cluster_resources()
+        self.cfg = cfg = resolve_use_gpus(cfg, cluster)
         self.model_dir = model_dir or ensure_model(cfg)
         self.family = detect_family(self.model_dir)
         check_engine_support(cfg, cfg.rollout.backend, self.family)  # before any actor starts
@@ -57,8 +58,7 @@ class Trainer:
         prompts = [render_prompt(self.processor, r.problem, thinking=False) for r in self.records]
         self.sampler = EpochSampler(len(self.records), d.prompts_per_step, d.seed, d.shuffle)
         self.total_steps = cfg.trainer.max_steps or self.sampler.steps_per_epoch * cfg.trainer.total_epochs
-        cluster = cluster_resources() if cfg.placement.use_gpus else None
-        if cluster is not None and cfg.placement.num_nodes * cfg.placement.gpus_per_node < cluster.get("GPU", 0):
+        if not cfg.placement.use_gpus or cfg.placement.num_nodes * cfg.placement.gpus_per_node < cluster.get("GPU", 0):
             cluster = None  # plan against the configured shape
         self.plan = make_plan(cfg, cluster)
         print(describe_recipe(cfg), flush=True)

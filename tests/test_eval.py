@@ -172,7 +172,9 @@ def test_eval_of_an_exported_checkpoint_end_to_end_and_resume(tiny_models, synth
                 f.unlink()
         out = tmp_path / "eval"
         ds = ["charades-timelens", "qvhighlights-timelens"]
-        rep = run_eval(cfg, str(actor), str(out), base_model=base, datasets=ds, progress=False)
+        # placement.use_gpus=auto (the default) on this GPU-less cluster: CPU engines, no "needs 1 GPUs"
+        cfg_auto = msgspec.structs.replace(cfg, placement=msgspec.structs.replace(cfg.placement, use_gpus="auto"))
+        rep = run_eval(cfg_auto, str(actor), str(out), base_model=base, datasets=ds, progress=False)
         n = 2 * synth["n_bench"]
         assert rep.generated == n and rep.resumed == 0
         lines = [json.loads(x) for x in Path(rep.predictions).read_text().splitlines()]
@@ -192,5 +194,24 @@ def test_eval_of_an_exported_checkpoint_end_to_end_and_resume(tiny_models, synth
         rep3 = run_eval(cfg_t, str(actor), str(out), base_model=base, datasets=ds, progress=False)
         assert rep3.generated == 0 and json.loads(Path(rep3.metrics_json).read_text())["parse_mode"] == "training"
         assert all(json.loads(x)["parse_mode"] == "training" for x in p.read_text().splitlines())
+        # a corrected annotation in the bench file: the stored prediction is rescored against it, counted
+        bench2 = tmp_path / "bench2"
+        bench2.mkdir()
+        (bench2 / "video_shards").symlink_to(Path(synth["bench_dir"]) / "video_shards")
+        for d in ds:
+            data = json.loads((Path(synth["bench_dir"]) / f"{d}.json").read_text())
+            if d == "charades-timelens":
+                vid = sorted(data)[0]
+                spans = data[vid].get("spans", data[vid].get("timestamps"))
+                spans[0] = [0.0, float(data[vid]["duration"])]  # the whole video
+                fixed = f"{d}/{vid}/0"
+            (bench2 / f"{d}.json").write_text(json.dumps(data))
+        cfg_b = msgspec.structs.replace(cfg_t, eval=msgspec.structs.replace(cfg_t.eval, bench_dir=str(bench2)))
+        rep4 = run_eval(cfg_b, str(actor), str(out), base_model=base, datasets=ds, progress=False)
+        assert rep4.generated == 0 and rep4.gt_changed == 1
+        assert json.loads(Path(rep4.metrics_json).read_text())["gt_changed"] == 1
+        stored = {json.loads(x)["key"]: json.loads(x) for x in p.read_text().splitlines()}
+        assert stored[fixed]["gt"][0] == 0.0 and stored[fixed]["gt"][1] == stored[fixed]["duration"]
+        assert run_eval(cfg_b, str(actor), str(out), base_model=base, datasets=ds, progress=False).gt_changed == 0
     finally:
         ray.shutdown()

@@ -37,14 +37,23 @@ class EvalReport(msgspec.Struct):
     resumed: int  # predictions already on disk
     skipped: dict  # dataset -> video ids skipped (missing / undecodable)
     seconds: float
+    gt_changed: int = 0  # stored predictions rescored because the bench's ground truth changed
+
+
+# the original eval script's video budget in tokens; pixels = tokens x d^2, d = patch x merge of the family
+EVAL_MIN_TOKENS, EVAL_FRAME_MAX_TOKENS, EVAL_TOTAL_TOKENS = 64, 768, 14336
 
 
 def eval_video_params(cfg: Config, family: str) -> VideoParams:
-    """The evaluation protocol's decode parameters (RECIPE.md: min_pixels 65,536, no max_frames):
-    the training video config with the eval fields swapped in."""
+    """The evaluation protocol's decode parameters (RECIPE.md): fps 2, no max_frames, and the
+    original's token budgets in pixels of this family (d = 28 for Qwen2.x: min 50,176, total
+    11,239,424; d = 32 for Qwen3.x: 65,536 and 14,680,064) unless eval.*_pixels are set."""
     e = cfg.eval
-    video = msgspec.structs.replace(cfg.video, fps=e.fps, max_frames=e.max_frames, min_pixels=e.min_pixels,
-                                    max_pixels=e.max_pixels, total_pixels=e.total_pixels)
+    d = VideoParams.from_config(cfg.video, family).image_factor
+    video = msgspec.structs.replace(cfg.video, fps=e.fps, max_frames=e.max_frames,
+                                    min_pixels=e.min_pixels or EVAL_MIN_TOKENS * d * d,
+                                    max_pixels=e.max_pixels or EVAL_FRAME_MAX_TOKENS * d * d,
+                                    total_pixels=e.total_pixels or EVAL_TOTAL_TOKENS * d * d)
     return VideoParams.from_config(video, family)
 
 
@@ -203,11 +212,32 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
     return done, skipped
 
 
+def refresh_predictions(preds: list[Prediction], truth: dict[str, BenchSample], mode: str
+                        ) -> tuple[list[Prediction], set[str]]:
+    """Stored predictions scored against the bench as it is now: a prediction whose ground truth or
+    duration differs from the bench file's takes the bench's values and is rescored (its key is
+    returned in the changed set); one scored in another parse mode is rescored with `mode`."""
+    out, changed = [], set()
+    for p in preds:
+        s = truth.get(p.key)
+        if s is not None and (tuple(p.gt) != tuple(s.gt) or p.duration != s.duration):
+            p = msgspec.structs.replace(p, gt=tuple(s.gt), duration=s.duration, parse_mode="")
+            changed.add(p.key)
+        out.append(_rescore(p, mode) if p.parse_mode != mode else p)
+    return out, changed
+
+
 def write_outputs(all_preds: list[Prediction], wanted: set[str], datasets: list[str], out: Path, mode: str,
-                  extra: dict) -> tuple[dict, Path, Path, Path]:
-    """Rescore every stored prediction with `mode` (rewritten in place, nothing dropped: other
-    datasets' lines stay), then metrics over the `wanted` keys."""
-    all_preds = [_rescore(p, mode) if p.parse_mode != mode else p for p in all_preds]
+                  extra: dict, truth: dict[str, BenchSample] | None = None) -> tuple[dict, Path, Path, Path]:
+    """Rescore every stored prediction with `mode` and against `truth` (the bench's samples by key;
+    rewritten in place, nothing dropped: other datasets' lines stay), then metrics over the `wanted`
+    keys; metrics.json counts the wanted predictions whose ground truth changed (`gt_changed`)."""
+    all_preds, changed = refresh_predictions(all_preds, truth or {}, mode)
+    gt_changed = len(changed & wanted)
+    if gt_changed:
+        log.warning("eval: %d stored predictions had another ground truth or duration than the bench file; "
+                    "rescored against the bench (first: %s)", gt_changed, ", ".join(sorted(changed & wanted)[:3]))
+    extra = {**extra, "gt_changed": gt_changed}
     pred_path = out / "predictions.jsonl"
     enc = msgspec.json.Encoder()
     with atomic_path(pred_path) as tmp:
@@ -231,7 +261,7 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
     from ..actors.pools import Pools, decode_factory, engine_factory
     from ..cluster import cluster_resources, init_ray
     from ..models.loading import detect_family, load_processor
-    from ..placement.plan import make_serving_plan
+    from ..placement.plan import make_serving_plan, resolve_use_gpus
     from ..rollout.engine_args import engine_args
     from ..rollout.support import check_engine_support
 
@@ -256,6 +286,7 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
     params = eval_video_params(cfg, detect_family(model_dir))
     if todo:
         init_ray()
+        cfg = resolve_use_gpus(cfg, cluster_resources())
         processor = load_processor(model_dir)
         backend = e.backend if e.backend != "auto" else ("vllm" if cfg.placement.use_gpus else "hf")
         family = detect_family(model_dir)
@@ -286,7 +317,9 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
     extra = {"model": model, "base_model": base_model or "", "bench_dir": e.bench_dir,
              "video_params": params.as_dict(),
              "max_new_tokens": e.max_new_tokens, "skipped_videos": skipped}
-    metrics, pj, mj, md = write_outputs(read_predictions(pred_path), wanted, datasets, out, e.parse_mode, extra)
+    metrics, pj, mj, md = write_outputs(read_predictions(pred_path), wanted, datasets, out, e.parse_mode, extra,
+                                        truth={s.key: s for s in samples})
+    gt_changed = json.loads(Path(mj).read_text())["gt_changed"]
     return EvalReport(metrics=metrics, predictions=str(pj), metrics_json=str(mj), table_md=str(md),
                       generated=generated, resumed=len(samples) - len(todo), skipped=skipped,
-                      seconds=time.time() - t0)
+                      seconds=time.time() - t0, gt_changed=gt_changed)

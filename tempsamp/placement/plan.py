@@ -51,8 +51,23 @@ class Plan(msgspec.Struct):
     colocate: bool = False
 
 
+def resolve_use_gpus(cfg, cluster: dict | None, notice=print):
+    """`cfg` with placement.use_gpus decided: "auto" becomes True when `cluster` has GPUs (or when no
+    cluster is known: the planned shape), else False with one notice line; true/false are kept."""
+    p = cfg.placement
+    if p.use_gpus != "auto":
+        return cfg
+    gpus = None if cluster is None else float(cluster.get("GPU", 0.0))
+    use = gpus is None or gpus > 0
+    if not use:
+        notice("placement.use_gpus=auto: the Ray cluster has no GPUs, running on CPU "
+               "(set placement.use_gpus=true to wait for GPU nodes instead)")
+    return msgspec.structs.replace(cfg, placement=msgspec.structs.replace(p, use_gpus=use))
+
+
 def make_plan(cfg, cluster: dict | None = None) -> Plan:
     """Build and validate the plan. `cluster` = {"GPU": n, "CPU": n} (default: from the config)."""
+    cfg = resolve_use_gpus(cfg, cluster)
     p, r = cfg.placement, cfg.rollout
     if cluster is None:
         cluster = {"GPU": p.num_nodes * p.gpus_per_node if p.use_gpus else 0.0,

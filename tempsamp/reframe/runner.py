@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 class ReframeOptions(msgspec.Struct, kw_only=True):
     method: str = "center"  # center | qwen
     model: str = ""
-    backend: str = "hf"  # hf | vllm
+    backend: str = "auto"  # auto (vllm when the cluster has GPUs, else hf) | hf | vllm
     frame_stride: int = 1
     num_engines: int = 1
     num_decoders: int = 1
     cpus_per_actor: float = 0.5
-    gpus_per_engine: float = 0.0
+    gpus_per_engine: float = -1.0  # -1 = by backend: 1 for vllm, 0 for hf
     stage1_fps: float = 2.0
     max_pixels: int = 360 * 640
     min_pixels: int = 4096
@@ -37,6 +37,20 @@ class ReframeOptions(msgspec.Struct, kw_only=True):
     on_no_segment: str = "whole"  # stage 1 gave no clip: "whole" video as the clip, or "empty" (no highlight)
     call_timeout_s: float = 1800.0
     progress: bool = True
+
+
+def resolve_backend(opts: ReframeOptions, cluster: dict, notice=print) -> ReframeOptions:
+    """`opts` with the engine backend and GPUs per engine decided: backend auto = vllm when `cluster`
+    has GPUs, else hf on CPU (one notice line); gpus_per_engine -1 = 1 for vllm, 0 for hf."""
+    backend = opts.backend
+    if backend == "auto":
+        backend = "vllm" if float(cluster.get("GPU", 0.0)) > 0 else "hf"
+        if backend == "hf":
+            notice("reframe: --backend auto: the Ray cluster has no GPUs, running the hf engine on CPU")
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown reframe backend {opts.backend!r} (auto | hf | vllm)")
+    gpus = opts.gpus_per_engine if opts.gpus_per_engine >= 0 else (1.0 if backend == "vllm" else 0.0)
+    return msgspec.structs.replace(opts, backend=backend, gpus_per_engine=gpus)
 
 
 def _geometry_task(path: str):
@@ -136,6 +150,7 @@ def _run_qwen(entries, video_dir, opts, emit) -> None:
     p1 = render_prompt(processor, "<video>" + STAGE1_PROMPT)
     p2 = render_prompt(processor, "<video>" + STAGE2_PROMPT)
     spec = SamplingSpec(n=1, greedy=True, temperature=0.0, max_new_tokens=opts.max_new_tokens)
+    opts = resolve_backend(opts, cluster_resources())
     kw = {"dtype": "float32"} if opts.backend == "hf" else {"dtype": "bfloat16", "enforce_eager": True}
     plan = make_serving_plan(opts.num_engines, opts.gpus_per_engine, opts.cpus_per_actor, opts.num_decoders,
                              cluster_resources(), engines_by="--num-engines x gpus_per_engine (1 with --backend vllm)",

@@ -3,9 +3,37 @@
 Two parsers:
 - `parse_span` — the training parse of the original reward: first answer block (DOTALL) else the
   whole text; `X to Y` / `X and Y` (last match), then `X - Y` (last match), then the first two numbers.
-- `parse_span_eval` — the original TimeLens-Bench eval protocol: lowercase, answer block without
-  DOTALL, `hh:mm:ss`/`mm:ss`, `X - Y`, `X to Y`, then numbers in pairs; FIRST pair, rounded.
-Neither raises on arbitrary model output.
+- `parse_span_eval` — the original TimeLens-Bench eval protocol (`extract_time` in the original's
+  scripts/eval/eval_timelens_bench.py, RECIPE.md "Evaluation"). It gives the original's span for
+  every reply the original scores:
+  1. lowercase; the content of the first match of `<answer>\s*(.*?)\s*</answer>` WITHOUT DOTALL
+     (content with a line break inside does not match, blank lines next to the tags do), else the
+     whole reply — an empty `<answer></answer>` is a match, so nothing parses;
+  2. first rule that yields a pair: clock times `h:mm:ss` / `mm:ss` (1-2 digit leading field, exactly
+     two-digit further fields, optional `.fraction`, regex word boundaries on both sides: `00:05s` and
+     `1:5` are no times) taken two by two; else the first `A - B` (spaces optional), else the first
+     `A to B` (whitespace required around `to`), A and B = digits, optional `.`, optional digits, no
+     word boundaries (`.5` reads `5`, `12.5s to` has no pair); else the standalone numbers
+     `\b(\d+\.\d+|\d+)\b` two by two (`12.5s` yields `12`, `12to17` nothing);
+  3. the FIRST pair, each end rounded with Python `round` (half to even: 2.5 -> 2, 3.5 -> 4).
+  `None` when no pair; `evaluation.metrics.score_reply` then scores the failure span
+  `(duration + 10, duration + 20)` like the original.
+
+  Our deliberate differences from the original, each documented in README "Evaluation":
+  - Numbers beyond float range: the original turns a >308-digit number into `inf` and crashes with
+    `OverflowError` in `round` when it is in the first pair; we treat that reply as unparsed (failure
+    span, IoU 0) so one junk reply cannot abort a benchmark run. A non-finite number in a LATER pair
+    is ignored, as in the original.
+  - Time: the original's `A - B` / `A to B` regexes backtrack cubically on long digit runs (400
+    digits: ~0.2 s, 20 k digits: hours) and its answer-tag regex quadratically on long whitespace /
+    unclosed tags. We match the same strings with linear-time patterns (possessive quantifiers and
+    a "not after a digit" start, which cannot change the first match: backtracking into a number or
+    starting inside a digit run never yields a match the greedy run start did not) and a linear scan
+    for the answer tag. No length cap: every reply, however long, gets the original's span.
+  - Parse rate and thresholds are metrics-side (`evaluation.metrics`): a reply counts as parsed when
+    a pair was found (the original's .sh merge always reports 0, its .py compares with a rounded
+    failure span), and R1@t uses exact IoUs (the original's merge uses IoUs rounded to 4 decimals).
+Neither parser raises on arbitrary model output.
 """
 
 from __future__ import annotations
@@ -15,8 +43,8 @@ import re
 
 import msgspec
 
-# Responses are capped by max_new_tokens (256 train / 512 eval, ~15 k chars at most); anything longer
-# is junk and only its head is parsed, which bounds the eval regex's worst case.
+# Training parse only: responses are capped by max_new_tokens (256 train, ~15 k chars at most);
+# anything longer is junk and only its head is parsed. (The eval parse has no cap: it is linear.)
 MAX_CHARS = 20_000
 # Bounded digit runs that must start at a run boundary: every regex here stays linear on digit floods
 # (an unbounded \d+ backtracks quadratically on "999...9"); numbers with > 12 digits are not spans.
@@ -110,43 +138,85 @@ def grounding_reward(response: str, answer: str | tuple[float, float], format_we
     return RewardResult(iou=iou, format=fmt, score=iou + format_weight * fmt, span=span)
 
 
-# ---- original eval protocol -------------------------------------------------------------------
-_EVAL_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>")  # no DOTALL, as the original
-_TS = r"(?<!\d)((?:\d{1,6}:)?\d{1,6}:\d{1,6}(?:\.\d{1,6})?)"
-_EVAL_TS_PAIR = re.compile(_TS + r".*?" + _TS)
-_EVAL_DASH = re.compile(_N + r"\s*-\s*" + _N)
-_EVAL_TO = re.compile(_N + r"\s*to\s*" + _N)
+# ---- original eval protocol (see the module docstring) ------------------------------------------
+_OPEN, _CLOSE = "<answer>", "</answer>"
+_WS_RUN = re.compile(r"\s*")
+# h:mm:ss or mm:ss (the optional `:ss` is tried first, as the original's alternation), fraction, \b.
+_CLOCK = re.compile(r"\b(\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?)\b")
+# A / B of `A - B` and `A to B`. Possessive, and never starting right after a digit: the same first
+# match as the plain backtracking pattern, in linear time (see the module docstring).
+_EV_NUM = r"(?<!\d)(\d++\.?+\d*+)"
+_EV_NUM_B = r"(\d++\.?+\d*+)"
+_EV_DASH = re.compile(_EV_NUM + r"\s*+-\s*+" + _EV_NUM_B)
+_EV_TO = re.compile(_EV_NUM + r"\s++to\s++" + _EV_NUM_B)
+_EV_WORD_NUM = re.compile(r"\b(\d+\.\d+|\d+)\b")  # linear as is: only a run start passes \b
 
 
-def _ts_seconds(ts: str) -> float:
-    total = 0.0
-    for part in ts.split(":"):
-        total = total * 60 + float(part)
-    return total
+def _eval_answer_content(t: str) -> str | None:
+    """group(1) of re.search(r"<answer>\s*(.*?)\s*</answer>", t) (no DOTALL), in linear time.
+
+    For a tag at i: the leading \s* takes the whole whitespace run (giving some back never helps);
+    the content then ends where the whitespace run before the first `</answer>` begins, and the
+    match fails when that content holds a line break (then the next tag is tried)."""
+    i = t.find(_OPEN)
+    close = close_ws = nl = -1
+    while i >= 0:
+        q = _WS_RUN.match(t, i + len(_OPEN)).end()
+        if close < q:  # first `</answer>` at or after q, and where its leading whitespace begins
+            close = t.find(_CLOSE, q)
+            if close < 0:
+                return None
+            close_ws = close
+            while close_ws > 0 and t[close_ws - 1].isspace():
+                close_ws -= 1
+        if nl < q:
+            nl = t.find("\n", q)
+            if nl < 0:
+                nl = len(t)
+        end = max(q, close_ws)
+        if nl >= end:
+            return t[q:end]
+        i = t.find(_OPEN, q)
+    return None
+
+
+def _clock_seconds(tok: str) -> float:
+    *whole, sec = tok.split(":")
+    minutes = 0
+    for part in whole:
+        minutes = minutes * 60 + int(part)
+    return minutes * 60 + float(sec)  # int part exact, then + float: the original's arithmetic
+
+
+def _first_two(pat: re.Pattern, text: str) -> tuple[str, str] | None:
+    it = pat.finditer(text)
+    a = next(it, None)
+    b = next(it, None) if a is not None else None
+    return None if b is None else (a.group(1), b.group(1))
+
+
+def eval_pair(text: str) -> tuple[float, float] | None:
+    """The original's first pair, unrounded (clock times in seconds); None when no rule yields one."""
+    if not isinstance(text, str) or not text:
+        return None
+    text = text.lower()
+    body = _eval_answer_content(text)
+    if body is None:
+        body = text
+    clocks = _first_two(_CLOCK, body)
+    if clocks is not None:
+        return _clock_seconds(clocks[0]), _clock_seconds(clocks[1])
+    m = _EV_DASH.search(body) or _EV_TO.search(body)
+    if m is not None:
+        return float(m.group(1)), float(m.group(2))
+    nums = _first_two(_EV_WORD_NUM, body)
+    return None if nums is None else (float(nums[0]), float(nums[1]))
 
 
 def parse_span_eval(text: str) -> tuple[float, float] | None:
-    """Original eval parse: the FIRST pair, rounded to integers. None when nothing parses."""
-    if not isinstance(text, str) or not text:
+    """Original eval parse: the FIRST pair, each end rounded half to even. None when nothing parses,
+    or when an end of that pair is beyond float range (the original crashes there)."""
+    pair = eval_pair(text)
+    if pair is None or not (math.isfinite(pair[0]) and math.isfinite(pair[1])):
         return None
-    text = text[:MAX_CHARS].lower()
-    m = _EVAL_ANSWER.search(text) if "</answer>" in text else None
-    body = m.group(1) if m else text
-    try:
-        ts = _EVAL_TS_PAIR.search(body)
-        if ts:
-            s, e = _ts_seconds(ts.group(1)), _ts_seconds(ts.group(2))
-        else:
-            pm = _EVAL_DASH.search(body) or _EVAL_TO.search(body)
-            if pm:
-                s, e = float(pm.group(1)), float(pm.group(2))
-            else:
-                nums = _NUMS.findall(body)
-                if len(nums) < 2:
-                    return None
-                s, e = float(nums[0]), float(nums[1])
-        if not (math.isfinite(s) and math.isfinite(e)):
-            return None
-        return float(round(s)), float(round(e))
-    except (ValueError, OverflowError):
-        return None
+    return float(round(pair[0])), float(round(pair[1]))
