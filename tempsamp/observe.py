@@ -28,6 +28,20 @@ GAUGES: dict[str, tuple[str, list[tuple[str, dict]]]] = {
     "tempsamp_advantage": ("Group advantage statistics", [
         (f"adv/{k}", {"role": "reward", "stat": k}) for k in ("mean", "std", "min", "max", "zero_groups")]),
     "tempsamp_loss": ("Policy loss", [("learn/loss", {"role": "learner"})]),
+    "tempsamp_rollout_mismatch": ("Rollout-vs-learner log-prob mismatch on sampled tokens", [
+        ("learn/mismatch_abs_mean", {"role": "learner", "stat": "abs_mean"}),
+        ("learn/mismatch_abs_max", {"role": "learner", "stat": "abs_max"}),
+        ("learn/mismatch_k3", {"role": "learner", "stat": "k3_kl"})]),
+    "tempsamp_is_weight": ("Rollout-correction importance weights (algorithm.rollout_correction)", [
+        ("learn/is_weight_mean", {"role": "learner", "stat": "mean"}),
+        ("learn/is_weight_min", {"role": "learner", "stat": "min"}),
+        ("learn/is_weight_max", {"role": "learner", "stat": "max"}),
+        ("learn/is_clipped_frac", {"role": "learner", "stat": "clipped_frac"})]),
+    "tempsamp_clipfrac": ("PPO clip fraction", [("learn/clipfrac", {"role": "learner"})]),
+    "tempsamp_entropy": ("Mean token entropy of sampled responses", [("learn/entropy", {"role": "learner"})]),
+    "tempsamp_filter": ("Dynamic sampling (algorithm.filter_groups)", [
+        ("filter/kept_groups", {"role": "reward", "stat": "kept_groups"}),
+        ("filter/rounds", {"role": "driver", "stat": "rounds"})]),
     "tempsamp_grad_norm": ("Gradient norm before clipping", [("learn/grad_norm", {"role": "learner"})]),
     "tempsamp_tokens_per_s": ("Learner tokens per second", [("throughput/tokens_per_s", {"role": "learner"})]),
     "tempsamp_samples_per_s": ("Rows (rollouts) per second, whole step", [

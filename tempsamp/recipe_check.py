@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .algo.batch import build_train_batch, reward_options
-from .config import DEMO_CONFIG, Config, load_config
+from .algo.batch import TrainBatch, build_train_batch, reward_options
+from .algo.filtering import keep_informative, merge_batches
+from .config import DEMO_CONFIG, Config, effective_recipe, load_config
 
 CURVE_KEYS = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt", "reward/raw_score_mean_no_gt",
               "adv/zero_groups", "learn/gt_logp_per_token")
@@ -50,23 +51,35 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     inputs = [build_inputs(core.processor, p, v) for p, v in zip(prompts, videos)]
     sampler = EpochSampler(len(records), cfg.data.prompts_per_step, cfg.data.seed, cfg.data.shuffle)
     opts = reward_options(cfg)
+    recipe = effective_recipe(cfg)
     rows: list[dict] = []
     out = log_path.open("w") if log_path is not None else None
     try:
-        for step in range(1, steps + 1):
-            t0 = time.time()
-            _, idx = sampler.next()
-            # rollout: HF generate on the learner's own model (exactly on-policy); prompt j seeds with seed + j
-            spec = SamplingSpec.for_step(cfg.rollout, step)
+        def scored_batch(step: int, idx: list[int], round: int) -> TrainBatch:
+            # rollout: HF generate on the learner's own model (exactly on-policy), seeded per (step, prompt)
+            spec = SamplingSpec.for_step(cfg.rollout, step, round)
             core.model.eval()
             groups = [sample_group(core.model, tok, inputs[i], j, spec, step) for j, i in enumerate(idx)]
-            t_roll = time.time() - t0
             batch = build_train_batch(groups, [records[i].span() for i in idx], [prompts[i] for i in idx],
                                       [videos[i] for i in idx], step=step, eos_id=eos_id, pad_id=pad_id,
                                       encode=lambda t: tok.encode(t, add_special_tokens=False), **opts)
-            learn = core.train_step(batch, {j: videos[i] for j, i in enumerate(idx)})
-            row = {"step": step, **{k: v for k, v in batch.metrics.items() if not k.startswith("sample/")},
-                   **{f"learn/{k}": v for k, v in learn.items()}, "sample/text": batch.metrics["sample/text"],
+            return keep_informative(batch) if recipe.filter_groups else batch
+
+        for step in range(1, steps + 1):
+            t0 = time.time()
+            _, idx = sampler.next()
+            batch = first = scored_batch(step, idx, 0)
+            if recipe.filter_groups:  # dynamic sampling, as the trainer does it
+                parts = [first]
+                while sum(len(b.groups) for b in parts) < len(idx) and len(parts) <= cfg.algorithm.filter_max_rounds:
+                    parts.append(scored_batch(step, sampler.next()[1], len(parts)))
+                batch = merge_batches(parts, len(idx))
+                first.metrics.update({"filter/kept_groups": float(len(batch.groups)),
+                                      "filter/rounds": float(len(parts) - 1)})
+            t_roll = time.time() - t0
+            learn = core.train_step(batch, {g.key: g.video for g in batch.groups})
+            row = {"step": step, **{k: v for k, v in first.metrics.items() if not k.startswith("sample/")},
+                   **{f"learn/{k}": v for k, v in learn.items()}, "sample/text": first.metrics["sample/text"],
                    "time/rollout_s": t_roll, "time/step_s": time.time() - t0}
             rows.append(row)
             if out is not None:
@@ -121,9 +134,11 @@ def curves_table(curves: dict[str, list[dict]]) -> str:
 
 
 def run_recipe_check(out: str = "outputs/recipe_check", steps: int | None = None, config: str | None = None,
-                     overrides: list[str] | None = None, algorithms: tuple[str, ...] = ("grpo", "tempsamp"),
+                     overrides: list[str] | None = None,
+                     algorithms: tuple[str, ...] = ("grpo", "grpo+filter", "tempsamp"),
                      n_train: int = 16) -> dict:
-    """Synthetic data + tiny model, then both algorithms in this process. Returns the summary."""
+    """Synthetic data + tiny model, then each arm (GRPO, GRPO with dynamic sampling, TempSamp) in this
+    process from the same start and seeds. Returns the summary."""
     from .data.synthetic import generate
     from .models.tiny import build_tiny_model
 
@@ -131,8 +146,12 @@ def run_recipe_check(out: str = "outputs/recipe_check", steps: int | None = None
     data_dir = out_p / "data"
     train_jsonl = data_dir / "train.jsonl"
 
-    def algo_config(algo: str) -> Config:
-        ov = [f"algorithm.name={algo}",  # the preset decides GT injection and shaping (config.PRESETS)
+    def algo_config(arm: str) -> Config:
+        name, _, extra = arm.partition("+")  # "grpo+filter": GRPO with dynamic sampling (filter_groups)
+        if extra not in ("", "filter"):
+            raise ValueError(f"unknown recipe-check arm {arm!r} (grpo, grpo+filter, tempsamp, tempsamp+filter)")
+        ov = [f"algorithm.name={name}",  # the preset decides GT injection and shaping (config.PRESETS)
+              *(["algorithm.filter_groups=true"] if extra else []),
               f"data.train_files=[{train_jsonl}]", *(overrides or [])]
         if steps is not None:
             ov.append(f"trainer.max_steps={steps}")

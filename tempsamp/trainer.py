@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from .algo.staleness import check_staleness
-from .config import Config, config_to_dict, describe_recipe
+from .config import Config, config_to_dict, describe_recipe, effective_recipe
 from .data.dataset import load_dataset
 from .data.sampler import EpochSampler, SamplerState
 from .learner import checkpoint as ckpt_files
@@ -45,6 +45,7 @@ class Trainer:
 
         cluster = cluster_resources()
         self.cfg = cfg = resolve_use_gpus(cfg, cluster)
+        self.recipe = effective_recipe(cfg)
         self.model_dir = model_dir or ensure_model(cfg)
         self.family = detect_family(self.model_dir)
         check_engine_support(cfg, cfg.rollout.backend, self.family)  # before any actor starts
@@ -96,12 +97,17 @@ class Trainer:
             st = pending if pending is not None else self._launch(step)
             pending = None
             batch, stages = self.steps.collect(st)
+            batches = [st.batch_ref]
+            if self.recipe.filter_groups:  # dynamic sampling: more prompts until the batch is informative
+                batches = self._fill_informative(st, batch, stages)
             t_rew = time.time()
             lag = check_staleness(step, self.version, int(batch["batch/min_weight_version"]), cfg.trainer.max_staleness)
-            learning = self.learners.start_step(st.batch_ref)
+            learning = self.learners.start_step(batches, max_groups=cfg.data.prompts_per_step if len(batches) > 1 else 0)
             if cfg.trainer.max_staleness >= 1 and step < self.total_steps:
                 pending = self._launch(step + 1)  # overlaps with learning of this step
             learn = self.learners.finish_step(step, learning)
+            if self.recipe.filter_groups:  # what the learner trained on, after filtering
+                batch.update({"batch/rows": learn["batch_rows"], "batch/tokens": learn["batch_tokens"]})
             t_learn = time.time()
             self.version += 1
             sync = self.weights.sync(self.version)
@@ -125,6 +131,25 @@ class Trainer:
         print("stage time shares: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
         return {"last": last, "stage_seconds": self.timings, "stage_shares": shares,
                 "wall_s": time.time() - t_start, "log": str(self.logger.path), "faults": self.fault_metrics()}
+
+    def _fill_informative(self, st, batch: dict, stages: dict) -> list:
+        """Draw `data.prompts_per_step` more prompts (at most algorithm.filter_max_rounds times) while
+        fewer informative groups than that were kept; returns every round's batch ref, updates the
+        step's metrics (filter/*, the lowest weight version) and stage times in place."""
+        want, refs, kept = self.cfg.data.prompts_per_step, [st.batch_ref], batch["filter/kept_groups"]
+        while kept < want and len(refs) <= self.cfg.algorithm.filter_max_rounds:
+            epoch, idx = self.sampler.next()
+            extra = self.steps.launch(st.step, epoch, idx, round=len(refs))
+            m, t = self.steps.collect(extra)
+            for k, v in t.items():
+                stages[k] += v
+            refs.append(extra.batch_ref)
+            kept += m["filter/kept_groups"]
+            batch["batch/min_weight_version"] = min(batch["batch/min_weight_version"], m["batch/min_weight_version"])
+            st.indices = st.indices + extra.indices
+        batch.update({"filter/kept_groups": float(min(kept, want)), "filter/rounds": float(len(refs) - 1),
+                      "filter/sampled_groups": float(len(refs) * want)})
+        return refs
 
     def fault_metrics(self) -> dict:
         return self.steps.fault_metrics(self.skipped_records)

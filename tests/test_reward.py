@@ -69,7 +69,7 @@ def test_eval_parse_protocol():
     assert parse_span_eval("<answer>01:05 - 1:10</answer>") == (65.0, 70.0)
     assert parse_span_eval("<answer>1:00:00 to 1:00:30</answer>") == (3600.0, 3630.0)
     assert parse_span_eval("<answer>4 - 9 or 1 to 2</answer>") == (4.0, 9.0)
-    assert parse_span_eval("<answer>\n3 to 8\n</answer>") == (3.0, 8.0)  # no DOTALL: whole text
+    assert parse_span_eval("<answer>\n3 to 8\n</answer>") == (3.0, 8.0)  # line breaks next to the tags are absorbed by \s*: the tag matches
     assert parse_span_eval("nothing") is None
     assert parse_span("<answer>from 1 to 2, no: 5 to 9</answer>") != parse_span_eval("<answer>from 1 to 2, no: 5 to 9</answer>")
 

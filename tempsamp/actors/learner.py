@@ -7,6 +7,7 @@ import os
 import ray
 
 from ..sync.weights import free_port, make_group
+from ..algo.filtering import merge_batches
 from .faults import FaultHooks
 
 
@@ -33,11 +34,15 @@ class LearnerActor(FaultHooks):
         self.core = LearnerCore(cfg, model_dir, rank, world, dist_addr, total_steps)
         return True
 
-    def train_step(self, batch) -> dict:
+    def train_step(self, *batches, max_groups: int = 0) -> dict:
+        """One step on the batch (several batches of a dynamic-sampling step are merged, at most
+        `max_groups` groups); the videos come from the object store, no decode."""
         self._maybe_fault("train_step")
+        batch = batches[0] if len(batches) == 1 and not max_groups else merge_batches(list(batches), max_groups)
         keys = [g.key for g in batch.groups]
-        samples = ray.get([g.video for g in batch.groups])  # object store, no decode
-        return self.core.train_step(batch, dict(zip(keys, samples)))
+        samples = ray.get([g.video for g in batch.groups])
+        out = self.core.train_step(batch, dict(zip(keys, samples)))
+        return {**out, "batch_rows": float(batch.rows), "batch_tokens": float(batch.total_tokens)}
 
     def init_weight_group(self, host, port, world_size, backend, timeout_s) -> bool:
         self.pg, self._store = make_group(host, port, 0, world_size, backend, timeout_s)

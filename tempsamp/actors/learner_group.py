@@ -19,9 +19,10 @@ class LearnerGroup:
         ray.get([a.setup.remote(cfg, model_dir, i, len(learners), f"{self.host}:{port}", total_steps)
                  for i, a in enumerate(learners)])
 
-    def start_step(self, batch_ref) -> list:
-        """Every rank trains on the batch (each takes its share of the groups); returns the calls."""
-        return [a.train_step.remote(batch_ref) for a in self.actors]
+    def start_step(self, batch_refs: list, max_groups: int = 0) -> list:
+        """Every rank trains on the batch (each takes its share of the groups; several batches of a
+        dynamic-sampling step are merged, at most `max_groups` groups); returns the calls."""
+        return [a.train_step.remote(*batch_refs, max_groups=max_groups) for a in self.actors]
 
     def finish_step(self, step: int, calls: list) -> dict:
         """Rank 0's metrics of a started step (all-reduced over ranks)."""

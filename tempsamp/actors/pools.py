@@ -36,6 +36,7 @@ def decode_factory(params, cache_dir: str = "", mode: str = "realtime_only", reb
 def training_actors(cfg, model_dir: str, params) -> dict[str, Factory]:
     """The four roles of a training run, each built from the config by its core's adapter."""
     from ..algo.batch import reward_options
+    from ..config import effective_recipe
     from ..data.decoder import decoder_args
     from ..models.loading import detect_family
     from ..rollout.engine_args import engine_args
@@ -44,10 +45,11 @@ def training_actors(cfg, model_dir: str, params) -> dict[str, Factory]:
 
     kw, env = engine_args(cfg, cfg.rollout.backend, detect_family(model_dir))
     opts = reward_options(cfg)
+    filt = effective_recipe(cfg).filter_groups
     return {
         "decode": decode_factory(**decoder_args(cfg, params)),
         "rollout": engine_factory(cfg.rollout.backend, model_dir, kw, env),
-        "reward": lambda o, name: RewardActor.options(**o).remote(model_dir, opts),
+        "reward": lambda o, name: RewardActor.options(**o).remote(model_dir, opts, filt),
         "learner": lambda o, name: LearnerActor.options(**o).remote(),
     }
 

@@ -11,8 +11,8 @@ from .faults import FaultHooks
 
 @ray.remote
 class RewardActor(FaultHooks):
-    def __init__(self, model_dir: str, options: dict):
-        self.core = RewardCore(model_dir, options)
+    def __init__(self, model_dir: str, options: dict, filter_groups: bool = False):
+        self.core = RewardCore(model_dir, options, filter_groups)
 
     def ping(self) -> bool:
         return True

@@ -39,6 +39,7 @@ class InFlightStep:
     step: int
     epoch: int
     indices: list[int]  # dataset records of the step's prompts
+    round: int = 0  # extra prompt draw of dynamic sampling (algorithm.filter_groups)
     decoder: list[int] = field(default_factory=list)  # decode actor of each position
     video_refs: list = field(default_factory=list)
     status_refs: list = field(default_factory=list)
@@ -68,9 +69,10 @@ class StepRunner:
         self.skip_log: list[dict] = []
 
     # ---- submission ---------------------------------------------------------------------------
-    def launch(self, step: int, epoch: int, indices: list[int]) -> InFlightStep:
+    def launch(self, step: int, epoch: int, indices: list[int], round: int = 0) -> InFlightStep:
+        """Submit the chain for `indices`; `round` > 0: an extra draw of a dynamic-sampling step."""
         p = self.pools
-        st = InFlightStep(step=step, epoch=epoch, indices=list(indices))
+        st = InFlightStep(step=step, epoch=epoch, indices=list(indices), round=round)
         st.decoder = [j % len(p.decode) for j in range(len(indices))]
         for j, i in enumerate(st.indices):
             v, s_ = p.decode[st.decoder[j]].decode_with_status.remote(self.videos[i])
@@ -87,7 +89,7 @@ class StepRunner:
             st.rollouts = [RolloutCall(e, list(range(e, len(st.indices), len(engines))))
                            for e in range(len(engines)) if e < len(st.indices)]
             only = list(range(len(st.rollouts)))
-        spec = SamplingSpec.for_step(self.cfg.rollout, st.step)
+        spec = SamplingSpec.for_step(self.cfg.rollout, st.step, st.round)
         for k in only:
             call = st.rollouts[k]
             reqs = [PromptRequest(key=j, prompt_text=self.prompts[st.indices[j]]) for j in call.positions]

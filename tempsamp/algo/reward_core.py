@@ -5,11 +5,13 @@ shaping, GT injection, group advantages) with the policy's tokenizer. Config -> 
 from __future__ import annotations
 
 from .batch import TrainBatch, build_train_batch
+from .filtering import keep_informative
 
 
 class RewardCore:
-    def __init__(self, model_dir: str, options: dict):
-        """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps)."""
+    def __init__(self, model_dir: str, options: dict, filter_groups: bool = False):
+        """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps);
+        `filter_groups`: drop zero-advantage groups from the batch (algorithm.filter_groups)."""
         from ..models.loading import load_processor
         from ..models.policy import special_ids
 
@@ -17,8 +19,10 @@ class RewardCore:
         self.encode = lambda text: tok.encode(text, add_special_tokens=False)
         self.eos_id, self.pad_id = special_ids(tok)
         self.options = options
+        self.filter_groups = filter_groups
 
     def score(self, step: int, answers: list, prompt_texts: list, videos: list, groups: list) -> TrainBatch:
         """`videos` are passed through into the batch untouched (ObjectRefs on the actor path)."""
-        return build_train_batch(groups, [tuple(a) for a in answers], prompt_texts, videos, step=step,
-                                 encode=self.encode, eos_id=self.eos_id, pad_id=self.pad_id, **self.options)
+        batch = build_train_batch(groups, [tuple(a) for a in answers], prompt_texts, videos, step=step,
+                                  encode=self.encode, eos_id=self.eos_id, pad_id=self.pad_id, **self.options)
+        return keep_informative(batch) if self.filter_groups else batch

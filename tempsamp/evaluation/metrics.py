@@ -35,9 +35,11 @@ def score_reply(text: str, gt: tuple[float, float], duration: float, mode: Parse
                 ) -> tuple[tuple[float, float] | None, tuple[float, float], float]:
     """(parsed span or None, span used for scoring, IoU).
 
-    `eval`: the original protocol — first pair, rounded to integers, `mm:ss` understood; an unparsed
-    reply is scored as `(duration + 10, duration + 20)` (IoU 0). `training`: the reward's parse
-    (last match, no rounding); an unparsed reply scores IoU 0."""
+    `eval`: the original TimeLens-Bench protocol (`reward.grounding.parse_span_eval`: its span for
+    every reply) — first pair, each end rounded half to even, clock times understood; a reply with no
+    pair (or, our one difference, a first pair beyond float range, where the original crashes) is
+    scored as `(duration + 10, duration + 20)` (IoU 0) and its span is None (not parsed).
+    `training`: the reward's parse (last match, no rounding); an unparsed reply scores IoU 0."""
     if mode == "eval":
         span = parse_span_eval(text)
         used = span if span is not None else (duration + 10.0, duration + 20.0)

@@ -1,4 +1,4 @@
-"""Grounding reward (RECIPE.md "Reward"): parse `<answer> a to b </answer>`, temporal IoU, format.
+r"""Grounding reward (RECIPE.md "Reward"): parse `<answer> a to b </answer>`, temporal IoU, format.
 
 Two parsers:
 - `parse_span` — the training parse of the original reward: first answer block (DOTALL) else the
@@ -7,8 +7,9 @@ Two parsers:
   scripts/eval/eval_timelens_bench.py, RECIPE.md "Evaluation"). It gives the original's span for
   every reply the original scores:
   1. lowercase; the content of the first match of `<answer>\s*(.*?)\s*</answer>` WITHOUT DOTALL
-     (content with a line break inside does not match, blank lines next to the tags do), else the
-     whole reply — an empty `<answer></answer>` is a match, so nothing parses;
+     (content with a line break inside does not match, so the next tag is tried; line breaks next
+     to the tags are absorbed by `\s*`), else the whole reply — an empty `<answer></answer>` is a
+     match, whose empty content yields no pair;
   2. first rule that yields a pair: clock times `h:mm:ss` / `mm:ss` (1-2 digit leading field, exactly
      two-digit further fields, optional `.fraction`, regex word boundaries on both sides: `00:05s` and
      `1:5` are no times) taken two by two; else the first `A - B` (spaces optional), else the first
@@ -153,7 +154,7 @@ _EV_WORD_NUM = re.compile(r"\b(\d+\.\d+|\d+)\b")  # linear as is: only a run sta
 
 
 def _eval_answer_content(t: str) -> str | None:
-    """group(1) of re.search(r"<answer>\s*(.*?)\s*</answer>", t) (no DOTALL), in linear time.
+    r"""group(1) of re.search(r"<answer>\s*(.*?)\s*</answer>", t) (no DOTALL), in linear time.
 
     For a tag at i: the leading \s* takes the whole whitespace run (giving some back never helps);
     the content then ends where the whitespace run before the first `</answer>` begins, and the

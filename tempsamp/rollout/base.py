@@ -15,12 +15,17 @@ class SamplingSpec(msgspec.Struct, frozen=True):
     seed: int | None = None
 
     @classmethod
-    def for_step(cls, rollout_cfg, step: int) -> "SamplingSpec":
+    def for_step(cls, rollout_cfg, step: int, round: int = 0) -> "SamplingSpec":
         """The training sampling settings of `cfg.rollout` for training step `step` (seeded by
-        `step_seed(rollout.seed, step)`): the one rule for the trainer and the recipe check."""
+        `step_seed(rollout.seed, step)`): the one rule for the trainer and the recipe check. `round`
+        > 0 numbers the extra prompt draws of dynamic sampling (algorithm.filter_groups): their seeds
+        differ from round 0's, so the same prompt positions never reuse a noise stream."""
         r = rollout_cfg
+        seed = step_seed(r.seed, step)
+        if seed is not None and round:
+            seed += round << 40
         return cls(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                   max_new_tokens=r.max_new_tokens, seed=step_seed(r.seed, step))
+                   max_new_tokens=r.max_new_tokens, seed=seed)
 
 
 def step_seed(rollout_seed: int | None, step: int) -> int | None:
