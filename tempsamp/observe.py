@@ -90,7 +90,9 @@ class DashboardMetrics:
                     self.gauges[name].set(float(v), tags={"run": self.run, **tags})
         if "time/step" in row:
             self.steps.inc(1.0, tags={"run": self.run, "role": "driver"})
-            self.samples.inc(float(row.get("batch/rows", 0.0)), tags={"run": self.run, "role": "driver"})
+            rows = float(row.get("batch/rows", 0.0))
+            if rows > 0:  # Ray counters take positive increments only (a filtered step may train on none)
+                self.samples.inc(rows, tags={"run": self.run, "role": "driver"})
             for stage, role in STAGE_ROLE.items():
                 if f"time/{stage}" in row:
                     self.stage_hist.observe(float(row[f"time/{stage}"]),
