@@ -1,5 +1,7 @@
 """Learner core: a PPO step changes the policy the right way; checkpoint round trip; 2-rank FSDP2."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,181 @@ def test_checkpoint_folders_stage_finalize_and_rotate(tmp_path):
     stale = staging_dir(tmp_path, 4)
     (stale / "junk").write_text("x")
     assert not any(staging_dir(tmp_path, 4).iterdir())  # a stale staging folder starts empty again
+
+
+def test_lr_warmup_starts_at_zero():
+    from tempsamp.learner.step import lr_lambda
+
+    f = lr_lambda(4, 10, "constant")
+    assert [f(s) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]  # EasyR1: lr 0 at the first step
+    g = lr_lambda(2, 6, "cosine")
+    assert [g(s) for s in range(3)] == [0.0, 0.5, 1.0] and g(6) == pytest.approx(0.0, abs=1e-12)
+    assert lr_lambda(0, 10, "constant")(0) == 1.0
+
+
+def test_run_rows_and_schedule_keep_the_plan():
+    from tempsamp.learner.step import plan_chunks, run_rows, run_schedule
+
+    adv = [np.array([0.0, 0.0, 0.0, 0.0]), np.array([1.0, 0.0, -1.0, 0.0]), np.array([0.5, 0.5, 0.5, 0.5])]
+    micro = [(0, slice(0, 2)), (0, slice(2, 4)), (1, slice(0, 2)), (1, slice(2, 4)), (2, slice(0, 4))]
+    rows = run_rows(adv, micro, skip_zero_adv=True)
+    assert [r.tolist() for r in rows] == [[], [], [0], [2], [0, 1, 2, 3]]
+    assert [r.tolist() for r in run_rows(adv, micro, skip_zero_adv=False)][:2] == [[0, 1], [2, 3]]
+    plan = plan_chunks(micro, 6, 3)  # another rank has 6 micro-batches: chunks of 2
+    # chunk 0 (micro 0, 1) is all skipped here; another rank runs 1 there -> one dummy
+    assert run_schedule(plan, rows, [1, 2, 2]) == [[None], [2, 3], [4, None]]
+    assert run_schedule(plan, rows, [0, 2, 1]) == [[], [2, 3], [4]]
+
+
+def _perturbed_batch(path, synth, **kw):
+    batch, videos = _batch(path, synth, **kw)
+    # group 1: a tied group (all advantages 0); group 0: one zero-advantage row among nonzero ones
+    batch.groups[1].advantages[:] = 0.0
+    batch.groups[0].advantages[1] = 0.0
+    return batch, videos
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [(), ("learner.mini_batches_per_step=2", "learner.micro_batch_tokens=1")])
+def test_skipping_zero_advantage_rows_is_the_same_step(tiny_models, synth, overrides):
+    """Same loss, same gradient, same update: the skipped rows contribute exactly 0, the denominators
+    keep them, and a mini-batch whose rows are all skipped still takes its optimizer step (weight
+    decay, Adam moments). Gradients agree to ~1e-8 (fewer rows per forward round differently); Adam
+    turns a gradient entry near its eps (1e-8) into a +-lr step, so the parameters are compared with
+    eps 1e-3, where the update is Lipschitz in the gradient (lr / eps = 1)."""
+    from tempsamp.learner.core import LearnerCore
+
+    path = tiny_models("qwen2_5_vl")
+    batch, videos = _perturbed_batch(path, synth, gt=True)
+    out = {}
+    for skip in (False, True):
+        core = LearnerCore(_cfg(*overrides), path, total_steps=10)
+        core.skip_zero_adv = skip
+        for pg in core.opt.param_groups:
+            pg["eps"] = 1e-3
+        grads, step = [], core.opt.step
+
+        def record(*a, _grads=grads, _core=core, _step=step, **k):
+            _grads.append([p.grad.detach().clone() for p in _core.params])
+            return _step(*a, **k)
+
+        core.opt.step = record
+        ms = [core.train_step(batch, videos) for _ in range(1 if overrides else 2)]
+        out[skip] = (ms, grads, {n: p.detach().clone() for n, p in core.model.named_parameters()})
+    (full, g_full, w_full), (skipped, g_skip, w_skip) = out[False], out[True]
+    assert len(g_full) == len(g_skip) == len(full) * full[0]["updates"]
+    for ga, gb in zip(g_full, g_skip):
+        for a, b in zip(ga, gb):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    for a, b in zip(full, skipped):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-6)
+        assert b["clipfrac"] == pytest.approx(a["clipfrac"], abs=1e-9)
+        assert b["updates"] == a["updates"]
+        assert a["rows_skipped"] == 0 and b["rows_skipped"] == 5  # 4 tied rows + 1
+        assert b["micro_batches_run"] < a["micro_batches_run"] or not overrides
+    for n, p in w_full.items():
+        assert torch.allclose(w_skip[n], p, atol=1e-6, rtol=0), n
+    assert full[0]["zero_adv_groups"] == 0.5
+
+
+@pytest.mark.slow
+def test_all_zero_advantages_skip_everything_and_still_step(tiny_models, synth):
+    from tempsamp.learner.core import LearnerCore
+
+    path = tiny_models("qwen2_5_vl")
+    batch, videos = _batch(path, synth, gt=False)
+    for g in batch.groups:
+        g.advantages[:] = 0.0
+    res = {}
+    for skip in (False, True):
+        core = LearnerCore(_cfg(), path, total_steps=10)
+        core.skip_zero_adv = skip
+        m = core.train_step(batch, videos)
+        res[skip] = (m, {n: p.detach().clone() for n, p in core.model.named_parameters()})
+    (mf, wf), (ms, ws) = res[False], res[True]
+    assert ms["micro_batches_run"] == 0 and ms["rows_skipped"] == 8 and ms["zero_adv_groups"] == 1.0
+    assert ms["grad_norm"] == mf["grad_norm"] == 0.0 and ms["loss"] == mf["loss"] == 0.0
+    assert math.isnan(ms["entropy"]) and math.isnan(ms["onpolicy_logp_per_token"])  # nothing run
+    assert all(torch.equal(wf[n], ws[n]) for n in wf)  # weight decay applied alike
+
+
+@pytest.mark.slow
+def test_mismatch_and_correction_metrics(tiny_models, synth):
+    """Behaviour log-probs = the learner's own minus 0.1 on sampled rows: d = +0.1 on every sampled token."""
+    from tempsamp.learner.core import LearnerCore
+    from tempsamp.models.loading import load_model, load_processor
+    from tempsamp.models.policy import build_inputs, response_logprobs
+
+    path = tiny_models("qwen2_5_vl")
+    batch, videos = _batch(path, synth, gt=True)
+    model, proc = load_model(path, dtype="float32"), load_processor(path)
+    T = 0.7
+    for g in batch.groups:
+        with torch.no_grad():
+            lp = response_logprobs(model, build_inputs(proc, g.prompt_text, videos[g.key]),
+                                   torch.as_tensor(g.response_ids), torch.as_tensor(g.response_mask), temperature=T)
+        g.has_behaviour = ~g.is_gt
+        g.behaviour_logprobs = np.where(g.has_behaviour[:, None], (lp.numpy() - 0.1) * g.response_mask, 0.0).astype(np.float32)
+    sampled = sum(int(g.response_mask[~g.is_gt].sum()) for g in batch.groups)
+    k3 = math.exp(0.1) - 1 - 0.1
+    runs = {}
+    for mode in ("none", "tis", "mis"):
+        core = LearnerCore(_cfg(f"rollout.temperature={T}", f"algorithm.rollout_correction={mode}",
+                                "algorithm.tis_cap=1.05", "algorithm.mis_high=1.05"), path, total_steps=10)
+        assert core.correction.mode == mode and core.temperature == T
+        runs[mode] = m = core.train_step(batch, videos)
+        assert m["mismatch_abs_mean"] == pytest.approx(0.1, abs=2e-4)
+        assert m["mismatch_abs_max"] == pytest.approx(0.1, abs=5e-4)
+        assert m["mismatch_k3"] == pytest.approx(k3, abs=1e-4)
+        assert m["entropy"] > 0 and m["zero_adv_groups"] == 0.0
+    assert runs["none"]["is_weight_mean"] == runs["none"]["is_weight_min"] == 1.0
+    assert runs["none"]["is_clipped_frac"] == 0.0
+    assert runs["tis"]["is_weight_max"] == pytest.approx(1.05) and runs["tis"]["is_clipped_frac"] == 1.0
+    assert runs["mis"]["is_weight_mean"] == 0.0 and runs["mis"]["is_clipped_frac"] == 1.0
+    # tis: every sampled token's loss x 1.05 (GT rows x 1); mis: sampled tokens masked, only GT rows remain
+    assert runs["tis"]["loss"] != pytest.approx(runs["none"]["loss"], abs=1e-6)
+    # no behaviour log-probs at all: NaN, not 0
+    batch2, videos2 = _batch(path, synth, gt=True)
+    m = LearnerCore(_cfg(), path, total_steps=10).train_step(batch2, videos2)
+    for k in ("mismatch_abs_mean", "mismatch_k3", "mismatch_abs_max", "is_weight_mean", "is_weight_max",
+              "is_weight_min", "is_clipped_frac"):
+        assert math.isnan(m[k]), k
+    assert sampled > 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_rank_fsdp2_skipping_matches_single_rank_unskipped(tiny_models, synth):
+    """Rank 1's group is all zero-advantage: it runs only zero-weight dummies (as many as rank 0 runs
+    micro-batches, in the old-log-prob pass too), and the step equals a single rank's unskipped one."""
+    import ray
+
+    from tempsamp.actors.learner import LearnerActor
+    from tempsamp.learner.core import LearnerCore
+    from tempsamp.sync.weights import free_port
+
+    path = tiny_models("qwen2_5_vl")
+    ov = ("learner.micro_batch_tokens=1", "learner.ppo_epochs=2")
+    batch, videos = _perturbed_batch(path, synth, gt=True)
+    ref = LearnerCore(_cfg(*ov), path, total_steps=10)
+    ref.skip_zero_adv = False
+    ref_m = ref.train_step(batch, videos)
+    names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"]
+    ref_w = {n: dict(ref.model.named_parameters())["model.language_model." + n[len("model."):]].detach() for n in names}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        for g in batch.groups:
+            g.video = ray.put(videos[g.key])
+        actors = [LearnerActor.options(num_cpus=0.5).remote() for _ in range(2)]
+        addr = f"127.0.0.1:{free_port()}"
+        ray.get([a.setup.remote(_cfg(*ov), path, r, 2, addr, 10) for r, a in enumerate(actors)])
+        ms = ray.get([a.train_step.remote(batch) for a in actors])
+        assert [m["micro_batches_run"] for m in ms] == [3, 0] and ms[0]["rows_skipped"] == 5
+        assert ms[0]["loss"] == pytest.approx(ref_m["loss"], abs=1e-5)
+        assert ms[0]["grad_norm"] == pytest.approx(ref_m["grad_norm"], abs=1e-5)
+        w = ray.get([a.named_weights.remote(names) for a in actors])[0]
+        for n in names:
+            assert torch.allclose(w[n], ref_w[n].float(), atol=2e-5), n
+    finally:
+        ray.shutdown()

@@ -51,3 +51,36 @@ def test_prompt_render(tiny_models):
 def test_qwen35_prompt_disables_thinking(tiny_models):
     proc = load_processor(tiny_models("qwen3_5"))
     assert render_prompt(proc, build_problem("x")).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+@pytest.mark.slow
+def test_hf_engine_logprobs_are_the_behaviour_policy_the_learner_computes_at_temperature(tiny_models, synth):
+    """The HF engine returns the log-probs of the distribution it sampled from (temperature, top-k,
+    top-p applied); the learner's log-probs at the same temperature equal them when nothing is cut."""
+    from tempsamp.models.policy import pad_responses
+    from tempsamp.rollout.base import SamplingSpec
+    from tempsamp.rollout.hf import sample_group
+
+    path = tiny_models("qwen2_5_vl")
+    proc = load_processor(path)
+    model = load_model(path, dtype="float32")
+    rec = read_records(synth["train_jsonl"])[0][0]
+    video = decode_video(rec.video, VideoParams(fps=1.0, max_frames=8, min_pixels=3136, max_pixels=6272, patch_size=14))
+    inputs = build_inputs(proc, render_prompt(proc, rec.problem), video)
+    gaps = {}
+    for top_k in (-1, 5):
+        g = sample_group(model, proc.tokenizer, inputs, 0,
+                         SamplingSpec(n=3, temperature=0.7, top_p=1.0, top_k=top_k, max_new_tokens=8, seed=0), 0)
+        ids, mask = pad_responses(g.response_ids, 151643)
+        with torch.no_grad():
+            lp_t = response_logprobs(model, inputs, ids, mask, temperature=0.7)
+            lp_1 = response_logprobs(model, inputs, ids, mask)
+        eng = torch.zeros_like(lp_t)
+        for r, row in enumerate(g.logprobs):
+            assert len(row) == len(g.response_ids[r])
+            eng[r, : len(row)] = torch.tensor(row)
+        gaps[top_k] = (lp_t - eng)[mask.bool()]
+        if top_k == -1:
+            assert gaps[top_k].abs().max().item() < 1e-4  # the learner at T = the engine's behaviour policy
+            assert (lp_1 - eng)[mask.bool()].abs().max().item() > 1e-3  # temperature 1 is another policy
+    assert (gaps[5] <= 1e-5).all() and gaps[5].min() < -1e-4  # top-k renormalises: behaviour >= learner

@@ -28,7 +28,7 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
     from tempsamp.data.records import read_records
     from tempsamp.data.video import VideoParams, decode_video
     from tempsamp.models.loading import load_model, load_processor
-    from tempsamp.models.policy import render_prompt
+    from tempsamp.models.policy import build_inputs, pad_responses, render_prompt, response_logprobs
     from tempsamp.rollout.base import PromptRequest, SamplingSpec
     from tempsamp.models.names import checkpoint_name
     from tempsamp.sync.weights import free_port, make_group, plan_buckets, send_streaming
@@ -52,6 +52,15 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
 
         text_d, video_d = check()
         assert text_d < 1e-4
+        # sampled responses: the engine's log-probs are those of the distribution it sampled from
+        # (logprobs_mode processed_logprobs), which the learner computes at the same temperature
+        hot = SamplingSpec(n=2, temperature=0.7, top_p=1.0, max_new_tokens=8, seed=1)
+        hot_g = ray.get(eng.generate.remote([PromptRequest(0, TEXT)], hot, None))[0]
+        ids, mask = pad_responses(hot_g.response_ids, 151643)
+        with torch.no_grad():
+            hot_lp = response_logprobs(model, build_inputs(proc, TEXT, None), ids, mask, temperature=0.7)
+        for r, row in enumerate(hot_g.logprobs):
+            assert (hot_lp[r, :len(row)] - torch.tensor(row)).abs().max().item() < 1e-4
         # video prompts need the original Qwen2.5-VL M-RoPE rule on the transformers side (models/mrope.py):
         # without it every token after the video sits ~40 positions earlier than in vLLM
         assert video_d < 1e-4, f"before any sync: video |dlogp| {video_d}"

@@ -31,6 +31,12 @@ class GroupBatch:
     advantages: np.ndarray  # (n,) float32
     is_gt: np.ndarray  # (n,) bool
     weight_version: int
+    # the engine's log-probs of the sampled tokens under the distribution it sampled from (temperature,
+    # top-k / top-p applied: the behaviour policy), aligned with response_ids / response_mask, 0 on
+    # padding and on rows without them
+    behaviour_logprobs: np.ndarray  # (n, L) float32
+    # False for injected GT rows (not sampled) and rows whose engine returned no / too few log-probs
+    has_behaviour: np.ndarray  # (n,) bool
 
     @property
     def tokens(self) -> int:
@@ -61,6 +67,27 @@ def reward_options(cfg) -> dict:
                 shaping_threshold=rc.shaping_threshold, shaping_alpha=rc.shaping_alpha, adv_eps=rc.adv_eps)
 
 
+def behaviour_arrays(rows: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]], is_gt: np.ndarray,
+                     width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(behaviour_logprobs (B, width) float32, has_behaviour (B,) bool) of the sampled rows: row i's
+    first len(rows[i]) engine log-probs, left-aligned like the right-padded response ids. A row has
+    them when it is not a GT row, is non-empty, and its engine returned a finite log-prob for each of
+    its tokens; other rows are all 0 with has_behaviour False. Call after GT injection (`width`: the
+    batch's padded length, which injection may have widened)."""
+    out = np.zeros((len(rows), width), dtype=np.float32)
+    has = np.zeros(len(rows), dtype=bool)
+    for i, (r, lp) in enumerate(zip(rows, logprobs)):
+        k = len(r)
+        if is_gt[i] or k == 0 or len(lp) < k:
+            continue
+        vals = np.asarray(lp[:k], dtype=np.float32)
+        if not np.isfinite(vals).all():
+            continue
+        out[i, :k] = vals
+        has[i] = True
+    return out, has
+
+
 def build_train_batch(
     groups: Sequence[RolloutGroup],
     answers: Sequence[tuple[float, float]],
@@ -86,11 +113,14 @@ def build_train_batch(
         raise ValueError(f"{len(groups)} rollout groups for {len(answers)} prompts")
     texts: list[str] = []
     rows: list[list[int]] = []
+    row_lps: list[list[float]] = []
     for g in groups:
         if len(g.response_ids) != n:
             raise ValueError(f"prompt {g.key}: engine {g.engine} returned {len(g.response_ids)} responses, expected {n}")
         texts += list(g.texts)
         rows += [list(r) for r in g.response_ids]
+        lps = list(g.logprobs or [])
+        row_lps += [list(lps[i]) if i < len(lps) and lps[i] is not None else [] for i in range(n)]
     L = max(1, max(len(r) for r in rows))
     ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), L), dtype=torch.long)
@@ -110,10 +140,12 @@ def build_train_batch(
     adv = group_advantages(scores, n, adv_eps).astype(np.float32)
     gt = is_gt.numpy()
     ids_np, mask_np = ids.numpy(), mask.numpy()
+    beh, has_beh = behaviour_arrays(rows, row_lps, gt, ids_np.shape[1])
     out = [
         GroupBatch(key=g.key, prompt_text=prompt_texts[j], video=videos[j],
                    response_ids=ids_np[j * n:(j + 1) * n], response_mask=mask_np[j * n:(j + 1) * n],
-                   advantages=adv[j * n:(j + 1) * n], is_gt=gt[j * n:(j + 1) * n], weight_version=g.weight_version)
+                   advantages=adv[j * n:(j + 1) * n], is_gt=gt[j * n:(j + 1) * n], weight_version=g.weight_version,
+                   behaviour_logprobs=beh[j * n:(j + 1) * n], has_behaviour=has_beh[j * n:(j + 1) * n])
         for j, g in enumerate(groups)
     ]
     on = ~gt

@@ -2,7 +2,8 @@
 
 - `group_advantages`: (s - mean) / (std + eps) per group of n rows, unbiased std (RECIPE.md).
 - `inject_ground_truth`: replace slot `gt_index` of every group with the GT response tokens + EOS.
-- `policy_loss`: PPO-clip with low/high/dual clip; token-mean (default) or seq-mean aggregation.
+- `policy_loss`: PPO-clip with low/high/dual clip; token-mean (default) or seq-mean aggregation;
+  optional per-token rollout-correction weights (`algo/correction.py`) multiply the clipped loss.
 - `kl_penalty`: optional KL term against a reference policy (off in both original runs).
 """
 
@@ -110,8 +111,13 @@ def policy_loss(
     agg_mode: AggMode = "token-mean",
     global_tokens: float | None = None,
     global_seqs: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """PPO-clip loss (with dual clip for negative advantages). advantages: (B,) or (B, L)."""
+    """PPO-clip loss (with dual clip for negative advantages). advantages: (B,) or (B, L).
+
+    `weights` (B, L), detached: rollout-correction weights multiplying each token's clipped loss
+    (verl/slime convention); the aggregation's token / sequence denominators do not change. None
+    (or all ones) is the plain PPO loss."""
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logp)
     advantages = advantages.to(logp.dtype)
@@ -123,6 +129,8 @@ def policy_loss(
     pg3 = -advantages * clip_dual
     dual = torch.minimum(pg3, clipped)
     per_token = torch.where(advantages < 0, dual, clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach().to(per_token.dtype)
     loss = agg_loss(per_token, mask, agg_mode, global_tokens, global_seqs)
     with torch.no_grad():
         m = mask.to(logp.dtype)

@@ -3,7 +3,9 @@ and checkpoints around one policy model, its optimizer and LR scheduler.
 
 One instance per rank; ranks join one torch.distributed group (nccl on CUDA, gloo on CPU). The core
 takes the whole run config and reads `cfg.model` (dtype, attn_implementation), `cfg.learner` (all of
-it) and `cfg.algorithm` (use_kl and the loss terms), nothing else.
+it), `cfg.algorithm` (use_kl and the loss terms), `cfg.rollout.temperature` (log-probs are those of
+the sampling distribution) and the rollout correction as `effective_recipe` resolves it (auto depends
+on trainer.max_staleness), nothing else.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import time
 import torch
 
 from ..algo.batch import TrainBatch
+from ..config import effective_recipe
 from ..models.loading import detect_family, load_model, load_processor
 from ..models.names import checkpoint_name, memory_name
 from ..sync.weights import SyncPlan, plan_buckets, send_streaming
 from . import checkpoint
 from .sharding import full_tensor, join_learner_group, shard_model
-from .step import lr_lambda, ppo_step
+from .step import Correction, lr_lambda, ppo_step
 
 
 class LearnerCore:
@@ -53,6 +56,10 @@ class LearnerCore:
         warm = int(round(lc.warmup_ratio * total_steps))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(warm, total_steps, lc.lr_schedule))
         self.processor = load_processor(model_dir)
+        self.temperature = cfg.rollout.temperature
+        self.correction = Correction.from_recipe(effective_recipe(cfg))
+        # skip zero-advantage rows' forward/backward (exact; only without a KL term, see learner/step.py)
+        self.skip_zero_adv = not cfg.algorithm.use_kl
         self.step = 0
         self._sync_groups: list[list[torch.Tensor]] = []
         self._sync_plan: SyncPlan | None = None
@@ -62,7 +69,8 @@ class LearnerCore:
         """One optimizer step per mini-batch (default 1) over the rollout batch. `videos`: key -> sample."""
         metrics = ppo_step(self.model, self.ref, self.processor, self.opt, self.sched, self.params, batch, videos,
                            self.cfg.learner, self.cfg.algorithm, world=self.world, rank=self.rank,
-                           device=self.device, step=self.step)
+                           device=self.device, step=self.step, temperature=self.temperature,
+                           correction=self.correction, skip_zero_adv=self.skip_zero_adv)
         self.step += 1
         return metrics
 

@@ -1,5 +1,5 @@
 """Learner ranks as one torch.distributed group: joining it, FSDP2 sharding, DTensor access, and
-the cross-rank reductions of the training step (nccl on CUDA, gloo on CPU)."""
+the cross-rank reductions of the training step (sums, maxima; nccl on CUDA, gloo on CPU)."""
 
 from __future__ import annotations
 
@@ -57,4 +57,13 @@ def sum_all(values: list[float], world: int, device: torch.device) -> list[float
         return values
     t = torch.tensor(values, dtype=torch.float64, device=_reduce_device(device))
     dist.all_reduce(t)
+    return t.tolist()
+
+
+def max_all(values: list[float], world: int, device: torch.device) -> list[float]:
+    """Element-wise max of `values` over the `world` ranks, in float64 (`values` itself on one rank)."""
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_reduce_device(device))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()

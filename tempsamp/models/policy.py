@@ -76,13 +76,15 @@ def generate(model, inputs: PromptInputs, n: int, max_new_tokens: int, temperatu
              top_p: float = 1.0, top_k: int = -1, eos_id: int = 151645, pad_id: int = 151643,
              greedy: bool = False, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n responses for one prompt. Returns (ids (n, L), mask (n, L), logprobs (n, L)) where
-    logprobs are of the sampled tokens under the raw policy (temperature 1, no top-p), the same
-    quantity the learner computes."""
+    logprobs are of the sampled tokens under the distribution generate sampled from (the behaviour
+    policy): the processed scores, after the temperature / top-k / top-p warpers (greedy: the
+    plain log-softmax). The learner's `response_logprobs(..., temperature)` computes the same
+    quantity when top-k / top-p keep the whole distribution."""
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
     kw = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, return_dict_in_generate=True,
-              output_logits=True, eos_token_id=eos_id, pad_token_id=pad_id)
+              output_scores=True, eos_token_id=eos_id, pad_token_id=pad_id)
     if greedy:
         kw.update(do_sample=False, num_return_sequences=1)
     else:
@@ -94,16 +96,19 @@ def generate(model, inputs: PromptInputs, n: int, max_new_tokens: int, temperatu
                          attention_mask=torch.ones_like(inputs.input_ids).to(device), **extra, **kw)
     seqs = out.sequences[:, inputs.length:].cpu()
     ids, mask = _trim_responses(seqs, eos_id, pad_id)
-    logits = torch.stack(out.logits, dim=1).float().cpu()  # (n, L, V) raw logits
-    lp = torch.log_softmax(logits, -1).gather(-1, seqs[..., None]).squeeze(-1)
-    return ids, mask, lp * mask
+    scores = torch.stack(out.scores, dim=1).float().cpu()  # (n, L, V) processed: -inf outside top-k/top-p
+    lp = torch.log_softmax(scores, -1).gather(-1, seqs[..., None]).squeeze(-1)
+    return ids, mask, torch.where(mask.bool(), lp, torch.zeros_like(lp))
 
 
 def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
                       temperature: float = 1.0, with_entropy: bool = False):
-    """Per-token log-probs (B, L) of `response_ids` after the prompt (B rows share the prompt+video).
+    """Per-token log-probs (B, L) of `response_ids` after the prompt (B rows share the prompt+video),
+    of the policy at `temperature` (logits / temperature; no top-k / top-p).
 
     Gradients flow when called outside no_grad. Rows are right-padded; padding positions get 0.
+    `with_entropy`: also return each position's entropy (B, L) of that distribution (0 on padding),
+    detached — a metric, computed without keeping a (B, L, V) graph.
     """
     device = next(model.parameters()).device
     B, L = response_ids.shape
@@ -131,7 +136,9 @@ def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, r
     lp = logp_all.gather(-1, response_ids.to(device)[..., None]).squeeze(-1)
     lp = lp * response_mask.to(device).to(lp.dtype)
     if with_entropy:
-        ent = -(logp_all.exp() * logp_all).sum(-1) * response_mask.to(device)
+        with torch.no_grad():  # row by row: the temporaries stay (L, V)
+            la = logp_all.detach()
+            ent = torch.stack([-(r.exp() * r).sum(-1) for r in la]) * response_mask.to(device).to(la.dtype)
         return lp, ent
     return lp
 

@@ -55,6 +55,10 @@ class RolloutGroup(msgspec.Struct):
     key: int
     response_ids: list[list[int]]  # without padding; includes EOS when the model stopped
     texts: list[str]
-    logprobs: list[list[float]]  # per token, under the engine's raw policy (temperature 1)
+    # per sampled token, under the distribution the engine sampled from (the behaviour policy):
+    # temperature, top-k and top-p applied (vLLM logprobs_mode="processed_logprobs"; HF: the warped
+    # scores). Greedy calls: the unscaled policy. The learner's own log-probs at rollout.temperature
+    # equal these when top_k / top_p leave the token's distribution whole.
+    logprobs: list[list[float]]
     weight_version: int
     engine: str = ""

@@ -25,6 +25,11 @@ from .base import RolloutGroup, SamplingSpec, request_seed
 from .health import EngineDead, EngineRequestError, OutputTail, exit_description, root_cause
 
 EXTENSION = "tempsamp.rollout.vllm_engine.WeightSyncExtension"
+# the sampled tokens' log-probs are those of the distribution vLLM sampled from (after temperature,
+# top-k, top-p): the behaviour policy of rollout correction. (On CUDA this routes sampling through
+# vLLM's PyTorch-native top-k/top-p sampler instead of FlashInfer's, which cannot return them; seeded
+# requests took that path already.) Greedy requests get the plain log-softmax.
+LOGPROBS_MODE = "processed_logprobs"
 # `LLM(additional_config={KEEP_PREPACK_KEY: True})`: the engine's vLLM config carries keep_prepack into
 # its worker process, where the dispatch below reads it while the model loads
 KEEP_PREPACK_KEY = "tempsamp_keep_prepack"
@@ -148,7 +153,7 @@ class VLLMEngine:
             self.llm = LLM(model=model_dir, max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
                            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                            limit_mm_per_prompt={"video": 1, "image": 0}, worker_extension_cls=EXTENSION, seed=seed,
-                           **(scheduling or {}), **extra)
+                           logprobs_mode=LOGPROBS_MODE, **(scheduling or {}), **extra)
         except Exception as e:
             cause = root_cause(self._tail.read())
             raise EngineDead(f"{name}: vLLM engine failed to start: {cause or f'{type(e).__name__}: {e}'}") from e
