@@ -304,7 +304,8 @@ def test_mismatch_and_correction_metrics(tiny_models, synth):
     k3 = math.exp(0.1) - 1 - 0.1
     runs = {}
     for mode in ("none", "tis", "mis"):
-        core = LearnerCore(_cfg(f"rollout.temperature={T}", f"algorithm.rollout_correction={mode}",
+        core = LearnerCore(_cfg(f"rollout.temperature={T}", "rollout.top_k=-1", "rollout.top_p=1.0",
+                                f"algorithm.rollout_correction={mode}",
                                 "algorithm.tis_cap=1.05", "algorithm.mis_high=1.05"), path, total_steps=10)
         assert core.correction.mode == mode and core.temperature == T
         runs[mode] = m = core.train_step(batch, videos)

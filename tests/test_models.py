@@ -84,3 +84,37 @@ def test_hf_engine_logprobs_are_the_behaviour_policy_the_learner_computes_at_tem
             assert gaps[top_k].abs().max().item() < 1e-4  # the learner at T = the engine's behaviour policy
             assert (lp_1 - eng)[mask.bool()].abs().max().item() > 1e-3  # temperature 1 is another policy
     assert (gaps[5] <= 1e-5).all() and gaps[5].min() < -1e-4  # top-k renormalises: behaviour >= learner
+    # the learner's log-probs under the same filter (what the mismatch / correction compare) equal the
+    # engine's even when top-k / top-p cut the distribution
+    from tempsamp.models.policy import response_scores
+
+    for top_k, top_p in ((5, 1.0), (-1, 0.8), (20, 0.9)):
+        g = sample_group(model, proc.tokenizer, inputs, 1,
+                         SamplingSpec(n=3, temperature=0.7, top_p=top_p, top_k=top_k, max_new_tokens=8, seed=1), 0)
+        ids, mask = pad_responses(g.response_ids, 151643)
+        with torch.no_grad():
+            sc = response_scores(model, inputs, ids, mask, 0.7, False, top_k, top_p)
+        eng = torch.zeros_like(sc.logprobs)
+        for r, row in enumerate(g.logprobs):
+            eng[r, : len(row)] = torch.tensor(row)
+        assert (sc.sampled_logprobs - eng)[mask.bool()].abs().max().item() < 1e-4, (top_k, top_p)
+        assert torch.equal(sc.logprobs, response_logprobs(model, inputs, ids, mask, temperature=0.7))
+
+
+def test_truncate_logits_is_the_engines_filter():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from tempsamp.models.policy import truncate_logits
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 50) * 3
+    for k, p in ((-1, 1.0), (5, 1.0), (-1, 0.7), (10, 0.5), (1, 0.9), (-1, 0.0001)):
+        ref = x.clone()
+        if k > 0:
+            ref = TopKLogitsWarper(k)(None, ref)
+        if p < 1.0:
+            ref = TopPLogitsWarper(p)(None, ref)
+        ours = truncate_logits(x, k, p)
+        assert torch.equal(torch.isinf(ours), torch.isinf(ref)), (k, p)
+        assert torch.allclose(ours[~torch.isinf(ours)], x[~torch.isinf(ours)])
+        assert (~torch.isinf(ours)).sum(-1).min() >= 1  # the most likely token always stays

@@ -3,8 +3,8 @@ and checkpoints around one policy model, its optimizer and LR scheduler.
 
 One instance per rank; ranks join one torch.distributed group (nccl on CUDA, gloo on CPU). The core
 takes the whole run config and reads `cfg.model` (dtype, attn_implementation), `cfg.learner` (all of
-it), `cfg.algorithm` (use_kl and the loss terms), `cfg.rollout.temperature` (log-probs are those of
-the sampling distribution) and the rollout correction as `effective_recipe` resolves it (auto depends
+it), `cfg.algorithm` (use_kl and the loss terms), `cfg.rollout` temperature / top_k / top_p (log-probs
+are those of the sampling distribution) and the rollout correction as `effective_recipe` resolves it (auto depends
 on trainer.max_staleness), nothing else.
 """
 
@@ -70,7 +70,8 @@ class LearnerCore:
         metrics = ppo_step(self.model, self.ref, self.processor, self.opt, self.sched, self.params, batch, videos,
                            self.cfg.learner, self.cfg.algorithm, world=self.world, rank=self.rank,
                            device=self.device, step=self.step, temperature=self.temperature,
-                           correction=self.correction, skip_zero_adv=self.skip_zero_adv)
+                           correction=self.correction, skip_zero_adv=self.skip_zero_adv,
+                           sampling=(self.cfg.rollout.top_k, self.cfg.rollout.top_p))
         self.step += 1
         return metrics
 

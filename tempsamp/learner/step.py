@@ -25,7 +25,7 @@ from ..algo.batch import TrainBatch
 from ..algo.correction import mismatch_terms, rollout_correction
 from ..algo.grpo import kl_penalty, policy_loss
 from ..config import AlgorithmConfig, LearnerConfig
-from ..models.policy import build_inputs, response_logprobs
+from ..models.policy import build_inputs, response_logprobs, response_scores
 from .sharding import count_max, full_tensor, max_all, sum_all
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,16 @@ def _finite_or_nan(x: float) -> float:
 def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batch: TrainBatch, videos: dict,
              lc: LearnerConfig, ac: AlgorithmConfig, *, world: int, rank: int, device: torch.device,
              step: int, temperature: float = 1.0, correction: Correction | None = None,
-             skip_zero_adv: bool = True) -> dict:
+             skip_zero_adv: bool = True, sampling: tuple[int, float] = (-1, 1.0)) -> dict:
     """One optimizer step per mini-batch (default 1), `lc.ppo_epochs` times, over the rollout batch,
     then one scheduler step. `videos`: key -> sample; `ref`: frozen reference model for the KL term
     (None = no KL); `params`: what the grad norm is clipped over; `step`: the learner step (for the
     log); `temperature`: the sampling temperature, at which every log-prob (loss, old, reference) is
-    computed; `correction`: rollout correction weights on the per-token loss (None = none);
+    computed; `sampling`: the engines' (top_k, top_p) — the behaviour log-probs are of the filtered,
+    renormalised distribution, so the mismatch and the correction weights compare them with the
+    learner's log-probs under the same filter (the loss itself stays on the unfiltered policy at
+    `temperature`, as in the original); `correction`: rollout correction weights on the per-token
+    loss (None = none);
     `skip_zero_adv`: skip zero-advantage rows (only without a reference model: the KL term needs them).
 
     Returns the step's metrics, reduced over ranks. Besides loss / clipfrac / kl / grad_norm:
@@ -207,10 +211,10 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
             for entries in schedule:
                 for k in entries:
                     g, inp, idx = rows_of(k)
-                    lp = response_logprobs(model, inp, torch.as_tensor(g.response_ids[idx]),
-                                           torch.as_tensor(g.response_mask[idx]), temperature=temperature)
+                    sc = response_scores(model, inp, torch.as_tensor(g.response_ids[idx]),
+                                         torch.as_tensor(g.response_mask[idx]), temperature, False, *sampling)
                     if k is not None:
-                        old[k] = lp
+                        old[k] = (sc.logprobs, sc.sampled_logprobs)
     updates = 0
     gnorm = 0.0
     for epoch in range(lc.ppo_epochs):
@@ -223,16 +227,19 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
                 g, inp, idx = rows_of(k)
                 ids = torch.as_tensor(g.response_ids[idx])
                 mask = torch.as_tensor(g.response_mask[idx])
-                lp, ent = response_logprobs(model, inp, ids, mask, temperature=temperature, with_entropy=True)
+                sc = response_scores(model, inp, ids, mask, temperature, True, *sampling)
+                lp, ent = sc.logprobs, sc.entropy
                 m = mask.to(lp.device).to(lp.dtype)
-                old_lp = old[k].to(lp.device) if (need_old and not dummy) else lp.detach()
+                old_lp = old[k][0].to(lp.device) if (need_old and not dummy) else lp.detach()
+                # the learner's pre-update log-probs under the engines' top-k / top-p (vs behaviour)
+                old_sampled = old[k][1].to(lp.device) if (need_old and not dummy) else sc.sampled_logprobs
                 adv = torch.as_tensor(g.advantages[idx]).to(lp.device)
                 weights = None
                 if not dummy:
                     beh = torch.as_tensor(g.behaviour_logprobs[idx]).to(lp.device)
                     has_beh = torch.as_tensor(g.has_behaviour[idx]).to(lp.device)
                     if corr.mode != "none":
-                        weights, limited = rollout_correction(old_lp, beh, m, has_beh, corr.mode, corr.tis_cap,
+                        weights, limited = rollout_correction(old_sampled, beh, m, has_beh, corr.mode, corr.tis_cap,
                                                               corr.mis_low, corr.mis_high, corr.mis_level)
                 loss, pm = policy_loss(lp, old_lp, adv, m, ac.clip_ratio_low, ac.clip_ratio_high,
                                        ac.clip_ratio_dual, ac.loss_agg_mode, global_tokens=denoms[c],
@@ -255,7 +262,7 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
                         smask = (m * has_beh[:, None].to(m.dtype)).bool()  # sampled tokens with behaviour
                         if epoch == 0 and bool(smask.any()):
                             # old log-probs and behaviour are fixed over epochs: measure them once
-                            d_abs, k3 = mismatch_terms(old_lp, beh)
+                            d_abs, k3 = mismatch_terms(old_sampled, beh)
                             w = weights if weights is not None else torch.ones_like(old_lp)
                             acc["mm_abs"] += float(d_abs[smask].sum())
                             acc["mm_k3"] += float(k3[smask].sum())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -101,15 +101,37 @@ def generate(model, inputs: PromptInputs, n: int, max_new_tokens: int, temperatu
     return ids, mask, torch.where(mask.bool(), lp, torch.zeros_like(lp))
 
 
-def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, with_entropy: bool = False):
-    """Per-token log-probs (B, L) of `response_ids` after the prompt (B rows share the prompt+video),
-    of the policy at `temperature` (logits / temperature; no top-k / top-p).
+class ResponseScores(NamedTuple):
+    logprobs: torch.Tensor  # (B, L) at the temperature, untruncated; carries the graph outside no_grad
+    entropy: torch.Tensor | None  # (B, L) of that distribution, detached (None unless asked)
+    sampled_logprobs: torch.Tensor  # (B, L) detached, under the distribution the engine samples from
 
-    Gradients flow when called outside no_grad. Rows are right-padded; padding positions get 0.
-    `with_entropy`: also return each position's entropy (B, L) of that distribution (0 on padding),
-    detached — a metric, computed without keeping a (B, L, V) graph.
-    """
+
+def truncate_logits(logits: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
+    """(N, V) tempered logits with the engine's top-k / top-p filter applied (-inf outside): vLLM's
+    and transformers' rule — sort ascending, drop all but the k largest, then drop the smallest tokens
+    while their cumulative probability stays <= 1 - top_p, always keeping the most likely one."""
+    if top_k <= 0 and top_p >= 1.0:
+        return logits
+    srt, order = logits.sort(dim=-1)
+    if top_k > 0 and top_k < srt.shape[-1]:
+        srt = srt.masked_fill(torch.arange(srt.shape[-1], device=srt.device) < srt.shape[-1] - top_k, -torch.inf)
+    if top_p < 1.0:
+        drop = srt.softmax(-1).cumsum(-1) <= 1.0 - top_p
+        drop[..., -1] = False
+        srt = srt.masked_fill(drop, -torch.inf)
+    return torch.full_like(logits, -torch.inf).scatter(-1, order, srt)
+
+
+def response_scores(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                    temperature: float = 1.0, with_entropy: bool = False, top_k: int = -1,
+                    top_p: float = 1.0) -> ResponseScores:
+    """One forward: per-token log-probs (B, L) of `response_ids` after the prompt (B rows share the
+    prompt+video) under the policy at `temperature` (logits / temperature, no top-k / top-p: the
+    loss's policy); with `with_entropy` each position's entropy; and, detached, the log-probs under the
+    distribution the engine samples from (also top-k / top-p filtered, renormalised) — what the
+    engine's behaviour log-probs are compared with. Gradients flow outside no_grad; padding gets 0.
+    The (L, V) temporaries of the detached quantities are made row by row."""
     device = next(model.parameters()).device
     B, L = response_ids.shape
     P = inputs.length
@@ -134,13 +156,28 @@ def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, r
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
     lp = logp_all.gather(-1, response_ids.to(device)[..., None]).squeeze(-1)
-    lp = lp * response_mask.to(device).to(lp.dtype)
-    if with_entropy:
-        with torch.no_grad():  # row by row: the temporaries stay (L, V)
+    m = response_mask.to(device).to(lp.dtype)
+    lp = lp * m
+    ent = None
+    with torch.no_grad():  # row by row: the temporaries stay (L, V)
+        if with_entropy:
             la = logp_all.detach()
-            ent = torch.stack([-(r.exp() * r).sum(-1) for r in la]) * response_mask.to(device).to(la.dtype)
-        return lp, ent
-    return lp
+            ent = torch.stack([-(r.exp() * r).sum(-1) for r in la]) * m
+        if top_k > 0 or top_p < 1.0:
+            tok = response_ids.to(device)
+            sampled = torch.stack([torch.log_softmax(truncate_logits(r, top_k, top_p), -1)
+                                   .gather(-1, t[:, None]).squeeze(-1) for r, t in zip(logits.detach(), tok)])
+            sampled = torch.where(m.bool(), sampled, torch.zeros_like(sampled))
+        else:
+            sampled = lp.detach()
+    return ResponseScores(lp, ent, sampled)
+
+
+def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """`response_scores`' log-probs (and entropy with `with_entropy`): the policy at `temperature`."""
+    s = response_scores(model, inputs, response_ids, response_mask, temperature, with_entropy)
+    return (s.logprobs, s.entropy) if with_entropy else s.logprobs
 
 
 def pad_responses(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
