@@ -43,7 +43,7 @@ class Trainer:
         from .placement.plan import make_plan, resolve_use_gpus
         from .rollout.support import check_engine_support
 
-        cluster = cluster_resources()
+        cluster = cluster_resources() if cfg.placement.use_gpus is not False else None  # CPU plan: no Ray needed yet
         self.cfg = cfg = resolve_use_gpus(cfg, cluster)
         self.recipe = effective_recipe(cfg)
         self.model_dir = model_dir or ensure_model(cfg)
@@ -59,7 +59,8 @@ class Trainer:
         prompts = [render_prompt(self.processor, r.problem, thinking=False) for r in self.records]
         self.sampler = EpochSampler(len(self.records), d.prompts_per_step, d.seed, d.shuffle)
         self.total_steps = cfg.trainer.max_steps or self.sampler.steps_per_epoch * cfg.trainer.total_epochs
-        if not cfg.placement.use_gpus or cfg.placement.num_nodes * cfg.placement.gpus_per_node < cluster.get("GPU", 0):
+        if not cfg.placement.use_gpus or cluster is None or \
+                cfg.placement.num_nodes * cfg.placement.gpus_per_node < cluster.get("GPU", 0):
             cluster = None  # plan against the configured shape
         self.plan = make_plan(cfg, cluster)
         print(describe_recipe(cfg), flush=True)

@@ -16,7 +16,8 @@ def test_defaults_follow_recipe():
     assert c.learner.lr == 1e-6 and c.learner.weight_decay == 0.01 and c.learner.warmup_ratio == 0.05
     assert (c.rollout.temperature, c.rollout.top_p, c.rollout.max_new_tokens) == (1.0, 0.85, 256)
     assert (c.video.fps, c.video.max_frames, c.video.min_pixels, c.video.max_pixels) == (2.0, 768, 4096, 786432)
-    assert c.video.total_pixels == 14_680_064 and c.eval.min_pixels == 65_536 and c.eval.max_new_tokens == 512
+    # eval budgets: 0 = the original's per-family token budgets (tests/test_eval_protocol.py)
+    assert c.video.total_pixels == 14_680_064 and c.eval.min_pixels == 0 and c.eval.max_new_tokens == 512
     assert (c.reward.shaping_threshold, c.reward.shaping_alpha, c.reward.format_weight) == (0.8, 1.0, 0.1)
     assert not c.algorithm.use_kl and c.checkpoint.save_freq == 20
     assert not c.algorithm.gt_injection_enabled()
@@ -148,9 +149,21 @@ def test_reward_options_follow_the_recipe():
 def test_describe_recipe():
     t = describe_recipe(load_config(overrides=["algorithm.name=tempsamp"], env={}))
     assert t == ("recipe: tempsamp — GT injection on (slot -1), shaping on (threshold 0.8, alpha 1.0), "
-                 "loss token-mean, clip 0.2/0.28 (dual 3.0), no KL")
+                 "loss token-mean, clip 0.2/0.28 (dual 3.0), no KL, no rollout correction")
     g = describe_recipe(load_config(env={}))
-    assert g == "recipe: grpo — GT injection off, shaping off, loss token-mean, clip 0.2/0.28 (dual 3.0), no KL"
+    assert g == ("recipe: grpo — GT injection off, shaping off, loss token-mean, clip 0.2/0.28 (dual 3.0), no KL, "
+                 "no rollout correction")
+    # rollout correction: auto follows the schedule (tis once rollouts may lag), explicit wins
+    stale = describe_recipe(load_config(overrides=["trainer.max_staleness=1"], env={}))
+    assert stale.endswith("no KL, rollout correction tis (cap 2.0)")
+    assert describe_recipe(load_config(overrides=["trainer.max_staleness=1", "algorithm.rollout_correction=none"],
+                                       env={})).endswith("no rollout correction")
+    assert "rollout correction mis (sequence, ratio in [0.5, 2.0])" in describe_recipe(
+        load_config(overrides=["algorithm.rollout_correction=mis", "algorithm.mis_level=sequence"], env={}))
+    assert describe_recipe(load_config(overrides=["algorithm.filter_groups=true"], env={})).endswith(
+        "filter zero-variance groups")
+    with pytest.raises(ConfigError, match="mis_low / mis_high must bracket 1"):
+        load_config(overrides=["algorithm.mis_low=1.5"], env={})
     a = describe_recipe(load_config(overrides=["algorithm.name=tempsamp", "reward.shaping=false",
                                                "algorithm.use_kl=true", "algorithm.loss_agg_mode=seq-mean-token-mean"],
                                     env={}))

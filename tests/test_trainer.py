@@ -47,7 +47,8 @@ def _group(key, adv, L=3):
     n = len(adv)
     return GroupBatch(key=key, prompt_text=f"p{key}", video=f"v{key}", response_ids=np.ones((n, L), np.int64),
                       response_mask=np.ones((n, L), np.int64), advantages=np.array(adv, np.float32),
-                      is_gt=np.zeros(n, bool), weight_version=0)
+                      is_gt=np.zeros(n, bool), weight_version=0, behaviour_logprobs=np.zeros((n, L), np.float32),
+                      has_behaviour=np.ones(n, bool))
 
 
 def test_dynamic_sampling_keeps_informative_groups_and_merges_rounds():

@@ -61,6 +61,28 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
             hot_lp = response_logprobs(model, build_inputs(proc, TEXT, None), ids, mask, temperature=0.7)
         for r, row in enumerate(hot_g.logprobs):
             assert (hot_lp[r, :len(row)] - torch.tensor(row)).abs().max().item() < 1e-4
+        # through the reward stage: with a top-k filter and GT injection (which widens the rows), the
+        # batch's behaviour log-probs sit on the response tokens the learner scores, and equal the
+        # learner's log-probs under the same filter
+        from tempsamp.algo.batch import build_train_batch
+        from tempsamp.models.policy import response_scores
+
+        cut = SamplingSpec(n=3, temperature=0.7, top_p=1.0, top_k=5, max_new_tokens=8, seed=2)
+        cut_g = ray.get(eng.generate.remote([PromptRequest(0, vprompt)], cut, ray.put(video)))[0]
+        tok = proc.tokenizer
+        batch = build_train_batch([cut_g], [(1.0, 2.0)], [vprompt], [video], n=3, step=1, gt_injection=True,
+                                  encode=lambda t: tok.encode(t, add_special_tokens=False), eos_id=151645,
+                                  pad_id=151643)
+        g = batch.groups[0]
+        on = g.has_behaviour
+        assert on.tolist() == [True, True, False]  # the GT row (slot n-1) was not sampled
+        with torch.no_grad():
+            sc = response_scores(model, build_inputs(proc, vprompt, video), torch.as_tensor(g.response_ids),
+                                 torch.as_tensor(g.response_mask), 0.7, False, 5, 1.0)
+        m = torch.as_tensor(g.response_mask[on]).bool()
+        gap = (sc.sampled_logprobs[torch.as_tensor(on)] - torch.as_tensor(g.behaviour_logprobs[on]))[m]
+        assert gap.abs().max().item() < 1e-3, gap.abs().max().item()
+        assert (torch.as_tensor(g.behaviour_logprobs)[~torch.as_tensor(g.response_mask).bool()] == 0).all()
         # video prompts need the original Qwen2.5-VL M-RoPE rule on the transformers side (models/mrope.py):
         # without it every token after the video sits ~40 positions earlier than in vLLM
         assert video_d < 1e-4, f"before any sync: video |dlogp| {video_d}"
