@@ -108,19 +108,28 @@ class ResponseScores(NamedTuple):
 
 
 def truncate_logits(logits: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
-    """(N, V) tempered logits with the engine's top-k / top-p filter applied (-inf outside): vLLM's
-    and transformers' rule — sort ascending, drop all but the k largest, then drop the smallest tokens
-    while their cumulative probability stays <= 1 - top_p, always keeping the most likely one."""
+    """(N, V) tempered logits with the engine's top-k / top-p filter applied (-inf outside): the rule of
+    vLLM and transformers — keep the logits >= the k-th largest, then drop the smallest kept tokens while
+    their cumulative probability stays <= 1 - top_p, always keeping the most likely one. With top-k
+    only the k largest are looked at (no sort of the whole vocabulary)."""
     if top_k <= 0 and top_p >= 1.0:
         return logits
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        vals = logits.topk(top_k, dim=-1).values  # descending
+        if top_p < 1.0:
+            asc = vals.flip(-1)
+            drop = asc.softmax(-1).cumsum(-1) <= 1.0 - top_p
+            drop[..., -1] = False
+            kept = asc.masked_fill(drop, torch.inf)  # the smallest kept value is the threshold
+            thr = kept.min(-1, keepdim=True).values
+        else:
+            thr = vals[..., -1:]
+        return logits.masked_fill(logits < thr, -torch.inf)
     srt, order = logits.sort(dim=-1)
-    if top_k > 0 and top_k < srt.shape[-1]:
-        srt = srt.masked_fill(torch.arange(srt.shape[-1], device=srt.device) < srt.shape[-1] - top_k, -torch.inf)
-    if top_p < 1.0:
-        drop = srt.softmax(-1).cumsum(-1) <= 1.0 - top_p
-        drop[..., -1] = False
-        srt = srt.masked_fill(drop, -torch.inf)
-    return torch.full_like(logits, -torch.inf).scatter(-1, order, srt)
+    drop = srt.softmax(-1).cumsum(-1) <= 1.0 - top_p
+    drop[..., -1] = False
+    return torch.full_like(logits, -torch.inf).scatter(-1, order, srt.masked_fill(drop, -torch.inf))
 
 
 def response_scores(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
