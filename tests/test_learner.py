@@ -108,37 +108,48 @@ def test_each_mini_batch_step_is_normalised_by_its_own_tokens(tiny_models, synth
     assert norms["two"][0] == pytest.approx(norms["one"][0], rel=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-def test_two_rank_fsdp2_matches_single_rank(tiny_models, synth):
+WEIGHT_NAMES = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"]
+
+
+def _two_ranks_vs_one(path, batch, videos, overrides=(), skip_on_reference=True):
+    """The step of a single-rank core (the reference) and of two FSDP2 learner actors on the same
+    batch: (reference metrics, the two ranks' metrics); asserts the trained weights agree."""
     import ray
 
     from tempsamp.actors.learner import LearnerActor
     from tempsamp.learner.core import LearnerCore
     from tempsamp.sync.weights import free_port
 
-    path = tiny_models("qwen2_5_vl")
-    batch, videos = _batch(path, synth, n_prompts=2)
-    ref = LearnerCore(_cfg(), path, total_steps=10)
+    ref = LearnerCore(_cfg(*overrides), path, total_steps=10)
+    ref.skip_zero_adv = skip_on_reference
     ref_m = ref.train_step(batch, videos)
-    names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"]
-    ref_w = {n: dict(ref.model.named_parameters())["model.language_model." + n[len("model."):]].detach() for n in names}
+    params = dict(ref.model.named_parameters())
+    ref_w = {n: params["model.language_model." + n[len("model."):]].detach() for n in WEIGHT_NAMES}
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         for g in batch.groups:
             g.video = ray.put(videos[g.key])
         actors = [LearnerActor.options(num_cpus=0.5).remote() for _ in range(2)]
         addr = f"127.0.0.1:{free_port()}"
-        ray.get([a.setup.remote(_cfg(), path, r, 2, addr, 10) for r, a in enumerate(actors)])
+        ray.get([a.setup.remote(_cfg(*overrides), path, r, 2, addr, 10) for r, a in enumerate(actors)])
         ms = ray.get([a.train_step.remote(batch) for a in actors])
-        assert ms[0]["loss"] == pytest.approx(ref_m["loss"], abs=1e-5)
-        assert ms[0]["gt_logp_per_token"] == pytest.approx(ref_m["gt_logp_per_token"], abs=1e-4)
-        assert ms[0]["micro_batches"] == 1 and ms[1]["micro_batches"] == 1  # one group per rank
-        w = ray.get([a.named_weights.remote(names) for a in actors])[0]
-        for n in names:
+        w = ray.get([a.named_weights.remote(WEIGHT_NAMES) for a in actors])[0]
+        for n in WEIGHT_NAMES:
             assert torch.allclose(w[n], ref_w[n].float(), atol=2e-5), n
+        return ref_m, ms
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_rank_fsdp2_matches_single_rank(tiny_models, synth):
+    path = tiny_models("qwen2_5_vl")
+    batch, videos = _batch(path, synth, n_prompts=2)
+    ref_m, ms = _two_ranks_vs_one(path, batch, videos)
+    assert ms[0]["loss"] == pytest.approx(ref_m["loss"], abs=1e-5)
+    assert ms[0]["gt_logp_per_token"] == pytest.approx(ref_m["gt_logp_per_token"], abs=1e-4)
+    assert ms[0]["micro_batches"] == 1 and ms[1]["micro_batches"] == 1  # one group per rank
 
 
 def test_micro_batches_follow_rank_ownership_and_token_budget():
@@ -333,33 +344,10 @@ def test_mismatch_and_correction_metrics(tiny_models, synth):
 def test_two_rank_fsdp2_skipping_matches_single_rank_unskipped(tiny_models, synth):
     """Rank 1's group is all zero-advantage: it runs only zero-weight dummies (as many as rank 0 runs
     micro-batches, in the old-log-prob pass too), and the step equals a single rank's unskipped one."""
-    import ray
-
-    from tempsamp.actors.learner import LearnerActor
-    from tempsamp.learner.core import LearnerCore
-    from tempsamp.sync.weights import free_port
-
     path = tiny_models("qwen2_5_vl")
-    ov = ("learner.micro_batch_tokens=1", "learner.ppo_epochs=2")
     batch, videos = _perturbed_batch(path, synth, gt=True)
-    ref = LearnerCore(_cfg(*ov), path, total_steps=10)
-    ref.skip_zero_adv = False
-    ref_m = ref.train_step(batch, videos)
-    names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"]
-    ref_w = {n: dict(ref.model.named_parameters())["model.language_model." + n[len("model."):]].detach() for n in names}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    try:
-        for g in batch.groups:
-            g.video = ray.put(videos[g.key])
-        actors = [LearnerActor.options(num_cpus=0.5).remote() for _ in range(2)]
-        addr = f"127.0.0.1:{free_port()}"
-        ray.get([a.setup.remote(_cfg(*ov), path, r, 2, addr, 10) for r, a in enumerate(actors)])
-        ms = ray.get([a.train_step.remote(batch) for a in actors])
-        assert [m["micro_batches_run"] for m in ms] == [3, 0] and ms[0]["rows_skipped"] == 5
-        assert ms[0]["loss"] == pytest.approx(ref_m["loss"], abs=1e-5)
-        assert ms[0]["grad_norm"] == pytest.approx(ref_m["grad_norm"], abs=1e-5)
-        w = ray.get([a.named_weights.remote(names) for a in actors])[0]
-        for n in names:
-            assert torch.allclose(w[n], ref_w[n].float(), atol=2e-5), n
-    finally:
-        ray.shutdown()
+    ref_m, ms = _two_ranks_vs_one(path, batch, videos, ("learner.micro_batch_tokens=1", "learner.ppo_epochs=2"),
+                                  skip_on_reference=False)
+    assert [m["micro_batches_run"] for m in ms] == [3, 0] and ms[0]["rows_skipped"] == 5
+    assert ms[0]["loss"] == pytest.approx(ref_m["loss"], abs=1e-5)
+    assert ms[0]["grad_norm"] == pytest.approx(ref_m["grad_norm"], abs=1e-5)
