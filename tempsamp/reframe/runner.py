@@ -150,10 +150,11 @@ def _run_qwen(entries, video_dir, opts, emit) -> None:
     p1 = render_prompt(processor, "<video>" + STAGE1_PROMPT)
     p2 = render_prompt(processor, "<video>" + STAGE2_PROMPT)
     spec = SamplingSpec(n=1, greedy=True, temperature=0.0, max_new_tokens=opts.max_new_tokens)
-    opts = resolve_backend(opts, cluster_resources())
+    cluster = cluster_resources()
+    opts = resolve_backend(opts, cluster)
     kw = {"dtype": "float32"} if opts.backend == "hf" else {"dtype": "bfloat16", "enforce_eager": True}
     plan = make_serving_plan(opts.num_engines, opts.gpus_per_engine, opts.cpus_per_actor, opts.num_decoders,
-                             cluster_resources(), engines_by="--num-engines x gpus_per_engine (1 with --backend vllm)",
+                             cluster, engines_by="--num-engines x gpus_per_engine (1 with --backend vllm)",
                              decoders_by="ReframeOptions.num_decoders x cpus_per_actor")
     pools = Pools(plan, {"rollout": engine_factory(opts.backend, opts.model, kw), "decode": decode_factory(params)},
                   "reframe", opts.call_timeout_s)
