@@ -292,3 +292,13 @@ def test_cache_mode_from_data_config():
     assert cache_mode(load_config(overrides=["data.use_preprocessed=true"], env={}).data) == "prefer_preprocessed"
     off = load_config(overrides=["data.use_preprocessed=false", "data.video_source_mode=preprocessed_only"], env={})
     assert cache_mode(off.data) == "realtime_only"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("algorithm.tis_cap=0", "algorithm.tis_cap must be > 0"),
+    ("rollout.temperature=0", "rollout.temperature must be > 0"),
+    ("algorithm.mis_high=0.9", "mis_low / mis_high must bracket 1"),
+])
+def test_rollout_correction_and_temperature_keys_are_checked(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override], env={})
