@@ -128,6 +128,9 @@ class Trainer:
                 self.save_checkpoint()
             if cfg.eval.val_freq and step % cfg.eval.val_freq == 0:
                 self.validate()
+        c = cfg.checkpoint
+        if c.save_freq and self.step % c.save_freq and self.step == self.total_steps:
+            self.save_checkpoint()  # the last step is kept even off the save_freq grid
         shares = stage_shares(self.timings)
         print("stage time shares: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
         return {"last": last, "stage_seconds": self.timings, "stage_shares": shares,

@@ -36,6 +36,13 @@ def test_demo_quick(tmp_path):
     finally:
         ray.shutdown()
     assert (tmp_path / "demo_curves.png").stat().st_size > 10_000
+    # the whole loop: each arm's final checkpoint was exported and evaluated on the held-out bench videos
+    ev = (tmp_path / "demo_eval.md").read_text()
+    for arm in ("grpo", "tempsamp"):
+        assert (tmp_path / "checkpoints" / arm / "global_step_3" / "actor" / "config.json").exists()
+        m = json.loads((tmp_path / "eval" / arm / "metrics.json").read_text())["datasets"]
+        assert sum(m[ds]["count"] for ds in m) == 6  # 2 videos x 3 datasets
+        assert f"| {arm} | all |" in ev and f"| {arm} | charades-timelens |" in ev
     table = (tmp_path / "demo_table.md").read_text()
     assert "grpo score" in table and "tempsamp score" in table
     logs = {a: [json.loads(x) for x in (tmp_path / "logs" / f"demo-{a}" / "steps.jsonl").read_text().splitlines()]
