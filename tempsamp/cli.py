@@ -58,7 +58,7 @@ def _config(a):
 
 
 def cmd_cache(a) -> int:
-    from .data.cache import build_cache
+    from .data.cache import build_cache, failure_report
     from .data.video import VideoParams
 
     cfg = _config(a)
@@ -68,6 +68,8 @@ def cmd_cache(a) -> int:
                       rebuild=a.rebuild or cfg.data.rebuild_cache)
     print(f"cache: {rep.total} videos: {rep.built} built, {rep.reused} reused, {rep.failed} failed "
           f"in {rep.seconds:.1f}s -> {a.output_dir}; rows -> {a.output}")
+    if rep.failed:
+        print(f"tempsamp cache: {rep.failed} videos failed:\n" + "\n".join(failure_report(rep)), file=sys.stderr)
     return 0 if rep.failed == 0 else 3
 
 

@@ -4,7 +4,7 @@ A crash leaves either the old file or the new one, never a half-written one."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,17 +12,36 @@ from typing import Iterator
 
 @contextmanager
 def atomic_path(dst: str | os.PathLike) -> Iterator[str]:
-    """Yield a temp path next to `dst`; on success it replaces `dst`, on error it is removed."""
+    """Yield a temp path next to `dst`; on success it replaces `dst`, on error it is removed. The file
+    gets the mode any new file of the user gets (0666 less the umask), whatever wrote it."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _create_temp(dst)
+    mode = os.stat(tmp).st_mode & 0o7777
     try:
         yield tmp
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer replaced the file with its own (safetensors
+            os.chmod(tmp, mode)  # 0.8 writes 0600): give it the mode the user's umask gave ours
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temp(dst: Path) -> str:
+    """An empty, new temp file next to `dst`, created with mode 0666 so that the kernel applies the
+    user's umask (and the folder's default ACL) as for any file the user creates. Not
+    tempfile.mkstemp: it creates 0600 whatever the umask, and the rename would keep that mode, so
+    other users or pods on a shared volume could not read the result; a chmod after the fact would
+    need the umask (process-wide, not thread-safe to read) and would override a default ACL."""
+    for _ in range(100):
+        tmp = dst.parent / f".{dst.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"{dst.parent}: no free temp file name for {dst.name} after 100 tries")
 
 
 def read_json_file(path: str | os.PathLike, expect: type, error: type[Exception], what: str = "file"):

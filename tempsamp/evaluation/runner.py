@@ -18,6 +18,7 @@ from ..config import Config
 from ..data.prompts import build_problem
 from ..data.video import VideoParams
 from ..io import atomic_path
+from ..progress import progress_bar
 from .bench import BenchError, BenchSample, load_bench
 from .metrics import Prediction, all_metrics, markdown_table, score_reply
 
@@ -151,11 +152,7 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
     inflight: dict = {}  # ref -> (engine index, call, video_ref)
     skipped: dict[str, list[str]] = {}
     done = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples), desc="eval", unit="query", mininterval=2.0)
+    bar = progress_bar(total=len(samples), desc="eval", unit="query", enabled=progress)
 
     def prefetch():
         nonlocal decode_i
@@ -189,8 +186,7 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
                 if skip_bad_videos:
                     log.warning("eval: skipping undecodable video %s/%s: %s", s0.dataset, s0.video_id, error_text(verr))
                     skipped.setdefault(s0.dataset, []).append(s0.video_id)
-                    if bar is not None:
-                        bar.update(len(call))
+                    bar.update(len(call))
                     continue
                 raise BenchError(f"{s0.dataset}: video {s0.video_id!r} ({s0.video}) could not be decoded: "
                                  f"{error_text(verr)}") from None
@@ -205,10 +201,8 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
                                     parsed=span is not None, parse_mode=e.parse_mode, weight_version=g.weight_version))
         sink(preds)
         done += len(preds)
-        if bar is not None:
-            bar.update(len(preds))
-    if bar is not None:
-        bar.close()
+        bar.update(len(preds))
+    bar.close()
     return done, skipped
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..progress import progress_bar
 from .baselines import (STAGE1_PROMPT, STAGE2_PROMPT, boxes_for_clips, center_predictions, keyframes,
                         parse_center, parse_segments, segments_to_frames)
 from .submission import IndexEntry, read_submission, video_geometry, video_path
@@ -68,11 +69,7 @@ def run_reframe(index: list[IndexEntry], video_dir: str, out: str, opts: Reframe
              len(todo), opts.method)
     t0 = time.time()
     missing = 0
-    bar = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"reframe {opts.method}", unit="video")
+    bar = progress_bar(total=len(todo), desc=f"reframe {opts.method}", unit="video", enabled=opts.progress)
     f = open(out_p, "a")
     raw_f = open(str(out_p) + ".raw.jsonl", "a")
 
@@ -83,8 +80,7 @@ def run_reframe(index: list[IndexEntry], video_dir: str, out: str, opts: Reframe
         if raw is not None:
             raw_f.write(json.dumps({"video_id": e.video_id, **raw}) + "\n")
             raw_f.flush()
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
 
     try:
         present = []
@@ -107,8 +103,7 @@ def run_reframe(index: list[IndexEntry], video_dir: str, out: str, opts: Reframe
     finally:
         f.close()
         raw_f.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     return {"videos": len(index), "ran": len(todo), "resumed": len(index) - len(todo), "missing": missing,
             "seconds": time.time() - t0}
 
