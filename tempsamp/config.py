@@ -98,7 +98,19 @@ class DataConfig(_S):
     seed: int = 1
     # longest prompt (text + video tokens) the run plans for; checked against rollout.max_model_len
     max_prompt_length: int = 20480
-    on_bad_sample: Literal["skip", "stop"] = "stop"
+    # a bad row (unreadable line, missing field, unparsable or out-of-video span, missing or undecodable
+    # video): `skip` drops it, counts it per reason and writes it to <log_dir>/<run>/bad_samples.jsonl;
+    # `stop` ends the run at the first one with its file:line
+    on_bad_sample: Literal["skip", "stop"] = "skip"
+    # with `skip`: more than this share of the rows read bad -> the run stops before training, with the
+    # counts per reason (a wrong video_root or a broken conversion, not a few bad rows)
+    max_bad_fraction: float = 0.01
+    # a GT span ending past the video's duration by at most this many seconds is clamped to the duration
+    # (counted, logged) — the original trains on such rows unchanged. 1 s: TimeLens spans come in whole
+    # seconds ("7.0 to 11.0", RECIPE.md) against a duration to 0.1 s ("duration": 31.2), so an end rounded
+    # up to the next second overruns by less than 1 s; at the training fps (2) that is at most two sampled
+    # frames. A larger overrun is a wrong video or annotation: the row is bad (span_overrun).
+    span_overrun_tolerance_s: float = 1.0
 
 
 class VideoConfig(_S):
@@ -522,6 +534,11 @@ def check_config(cfg: Config, source: str = "config") -> None:
     if not 0 <= a.mis_low < 1 < a.mis_high:
         raise ConfigError(f"{source}: algorithm.mis_low / mis_high must bracket 1 (0 <= low < 1 < high), got "
                           f"[{a.mis_low}, {a.mis_high}]")
+    if not 0.0 <= d.max_bad_fraction <= 1.0:
+        raise ConfigError(f"{source}: data.max_bad_fraction must be within [0, 1] (got {d.max_bad_fraction})")
+    if d.span_overrun_tolerance_s < 0:
+        raise ConfigError(f"{source}: data.span_overrun_tolerance_s must be >= 0 seconds "
+                          f"(got {d.span_overrun_tolerance_s})")
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")

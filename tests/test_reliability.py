@@ -141,12 +141,12 @@ def _write_bad_dataset(synth, tmp_path):
 
 def test_bad_records_are_skipped_with_file_and_line_or_stop(synth, tmp_path):
     path, _, _ = _write_bad_dataset(synth, tmp_path)
-    cfg = _cfg(synth, tmp_path, "bad", "data.on_bad_sample=skip", train_file=path)
+    cfg = _cfg(synth, tmp_path, "bad", "data.on_bad_sample=skip", "data.max_bad_fraction=0.5", train_file=path)
     recs, skipped = load_dataset(cfg)
     assert len(recs) == 5  # 3 good + zero-length + corrupt (only decoding can tell those)
-    text = "\n".join(skipped)
+    text = "\n".join(b.detail for b in skipped)
     assert f"{path}:4: video not found" in text
-    assert f"{path}:5: answer span ends at 999 s, beyond the video's duration" in text
+    assert f"{path}:5: answer span ends at 999 s, " in text and "beyond the video's duration" in text
     assert f"{path}:6:" in text and f"{path}:9:" in text  # malformed JSON, non-UTF-8
     assert len(skipped) == 4
     from tempsamp.data.records import RecordError
@@ -181,6 +181,10 @@ def test_undecodable_videos_are_skipped_and_counted_or_stop_the_run(tiny_models,
             assert row["batch/rows"] == 1 * N and row["faults/skipped_samples"] == 2
             assert {x["video"] for x in t.skip_log} == {str(zero), str(corrupt)}
             assert all(x["source"].startswith(str(subset)) and x["reason"] for x in t.skip_log)
+            report = [json.loads(x) for x in (tmp_path / "logs" / "skip" / "bad_samples.jsonl").read_text().splitlines()]
+            assert {(r["video"], r["reason"], r["step"]) for r in report} == \
+                {(str(zero), "undecodable_video", 1), (str(corrupt), "undecodable_video", 1)}
+            assert all(r["where"].startswith(f"{subset}:") for r in report)
             # same trainer, policy `stop`: the next epoch draws the same batch and the run stops on it
             t.cfg = t.steps.cfg = msgspec.structs.replace(t.cfg, data=msgspec.structs.replace(t.cfg.data,
                                                                                                on_bad_sample="stop"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import ray
 
 from ..cluster import error_text, wait_classified
+from ..data.dataset import BadSample, append_bad_samples, bad_samples_path
 from ..errors import BadSampleError, StepFailed
 from ..rollout.base import PromptRequest, SamplingSpec
 from .pools import Pools
@@ -137,6 +138,8 @@ class StepRunner:
         self.faults["skipped_samples"] += 1
         self.skip_log.append({"step": st.step, "video": self.videos[i], "source": self.sources[i],
                               "reason": error_text(exc)})
+        append_bad_samples(bad_samples_path(self.cfg), [BadSample(  # with the rows skipped at load time
+            where=self.sources[i], video=self.videos[i], reason="undecodable_video", detail=why, step=st.step)])
 
     def _collect_decode(self, st: InFlightStep) -> bool:
         """Wait for every video; returns True when the chain had to change."""

@@ -12,8 +12,17 @@ import msgspec
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)"
 
 
+# why a row is bad (the `reason` of a RecordError / a bad_samples.jsonl row)
+BAD_REASONS = ("unreadable_line", "bad_fields", "bad_span", "span_overrun", "missing_video", "undecodable_video")
+
+
 class RecordError(ValueError):
-    """A bad input line. The message starts with `file:line:`."""
+    """A bad input line. The message starts with `file:line:`; `reason` is one of BAD_REASONS, `where`
+    the `file:line`, `video` the row's video when known."""
+
+    def __init__(self, msg: str, reason: str = "bad_fields", where: str = "", video: str = ""):
+        super().__init__(msg)
+        self.reason, self.where, self.video = reason, where, video
 
 
 class TrainRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -27,6 +36,8 @@ class TrainRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     gt_len: float | None = None
     # where it came from, for error messages (not written)
     source: str = ""
+    # the span's end as written, when it ran past `duration` within the tolerance and was clamped (not written)
+    clamped_from: float | None = None
 
     @property
     def video(self) -> str:
@@ -45,14 +56,15 @@ def parse_answer_span(answer: str, where: str = "answer") -> tuple[float, float]
             s, e = obj["time"]
             s, e = float(s), float(e)
         except (ValueError, KeyError, TypeError) as exc:
-            raise RecordError(f"{where}: answer {answer!r} is not {{\"time\": [start, end]}} ({exc})") from None
+            raise RecordError(f"{where}: answer {answer!r} is not {{\"time\": [start, end]}} ({exc})",
+                              "bad_span", where) from None
     else:
         nums = re.findall(_NUM, text)
         if len(nums) < 2:
-            raise RecordError(f"{where}: answer {answer!r} holds no 'start to end' pair")
+            raise RecordError(f"{where}: answer {answer!r} holds no 'start to end' pair", "bad_span", where)
         s, e = float(nums[0]), float(nums[1])
     if s > e:
-        raise RecordError(f"{where}: answer span start {s} > end {e}")
+        raise RecordError(f"{where}: answer span start {s} > end {e}", "bad_span", where)
     return s, e
 
 
@@ -86,54 +98,82 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]
 _REQUIRED = ("problem", "answer", "videos")
 
 
-SPAN_TOLERANCE_S = 0.05  # rounding slack between a span's end and the stated duration
+SPAN_OVERRUN_TOLERANCE_S = 1.0  # default of data.span_overrun_tolerance_s (see config.py for why)
 
 
-def record_from_obj(obj: dict, where: str, video_root: str | None = None) -> TrainRecord:
+def record_from_obj(obj: dict, where: str, video_root: str | None = None,
+                    overrun_tolerance_s: float = SPAN_OVERRUN_TOLERANCE_S) -> TrainRecord:
+    """A checked record. A span ending past `duration` by at most `overrun_tolerance_s` is clamped to the
+    duration (`clamped_from` keeps the end as written); a larger overrun raises (reason span_overrun)."""
     for k in _REQUIRED:
         if k not in obj:
-            raise RecordError(f"{where}: missing field `{k}` (a trainer record needs {', '.join(_REQUIRED)})")
+            raise RecordError(f"{where}: missing field `{k}` (a trainer record needs {', '.join(_REQUIRED)})",
+                              "bad_fields", where)
     videos = obj["videos"]
     if isinstance(videos, str):
         videos = [videos]
     if not isinstance(videos, list) or not videos or not all(isinstance(v, str) for v in videos):
-        raise RecordError(f"{where}: field `videos` must be a non-empty list of paths, got {obj['videos']!r}")
+        raise RecordError(f"{where}: field `videos` must be a non-empty list of paths, got {obj['videos']!r}",
+                          "bad_fields", where)
     if not isinstance(obj["problem"], str) or not isinstance(obj["answer"], str):
-        raise RecordError(f"{where}: fields `problem` and `answer` must be strings")
+        raise RecordError(f"{where}: fields `problem` and `answer` must be strings", "bad_fields", where, videos[0])
     if video_root:
         videos = [v if Path(v).is_absolute() else str(Path(video_root) / v) for v in videos]
-    known = {f for f in TrainRecord.__struct_fields__ if f != "source"}
+    known = {f for f in TrainRecord.__struct_fields__ if f not in _NOT_WRITTEN}
     kwargs = {k: obj[k] for k in known if k in obj}
     kwargs["videos"] = videos
     try:
         rec = msgspec.convert(kwargs, TrainRecord, strict=False)
     except msgspec.ValidationError as e:
-        raise RecordError(f"{where}: {e}") from None
+        raise RecordError(f"{where}: {e}", "bad_fields", where, videos[0]) from None
     rec.source = where
-    start, end = rec.span()  # validates the answer
-    if rec.duration is not None and end > rec.duration + SPAN_TOLERANCE_S:
-        raise RecordError(f"{where}: answer span ends at {end:g} s, beyond the video's duration {rec.duration:g} s")
+    try:
+        start, end = rec.span()  # validates the answer
+    except RecordError as e:
+        e.video = rec.video
+        raise
+    if rec.duration is not None and end > rec.duration:
+        over = end - rec.duration
+        if over > overrun_tolerance_s or start >= rec.duration:
+            raise RecordError(f"{where}: answer span ends at {end:g} s, {over:.3g} s beyond the video's duration "
+                              f"{rec.duration:g} s (data.span_overrun_tolerance_s={overrun_tolerance_s:g} clamps "
+                              "smaller overruns)", "span_overrun", where, rec.video)
+        rec = clamp_span(rec, start, rec.duration)
+        rec.clamped_from = end
     return rec
 
 
+def clamp_span(rec: TrainRecord, start: float, end: float) -> TrainRecord:
+    """The record with its answer span set to (start, end), in the answer's own format."""
+    if rec.answer.strip().startswith("{"):
+        answer = json.dumps({"time": [start, end]})
+    else:
+        answer = f"<answer> {start} to {end} </answer>"
+    gt_len = None if rec.gt_len is None else end - start
+    return msgspec.structs.replace(rec, answer=answer, gt_len=gt_len)
+
+
 def read_records(
-    path: str | Path, video_root: str | None = None, skip_bad: bool = False
-) -> tuple[list[TrainRecord], list[str]]:
-    """Read trainer JSONL. Bad lines raise RecordError, or are collected when skip_bad."""
+    path: str | Path, video_root: str | None = None, skip_bad: bool = False,
+    overrun_tolerance_s: float = SPAN_OVERRUN_TOLERANCE_S,
+) -> tuple[list[TrainRecord], list[RecordError]]:
+    """Read trainer JSONL. Bad lines raise RecordError, or are collected (with their reason) when skip_bad."""
     if not Path(path).is_file():
-        raise RecordError(f"{path}: file not found")
+        raise RecordError(f"{path}: file not found", "unreadable_line", str(path))
     records: list[TrainRecord] = []
-    errors: list[str] = []
+    errors: list[RecordError] = []
     for lineno, obj, err in iter_jsonl(path):
         if err is None:
             try:
-                records.append(record_from_obj(obj, f"{path}:{lineno}", video_root))
+                records.append(record_from_obj(obj, f"{path}:{lineno}", video_root, overrun_tolerance_s))
                 continue
             except RecordError as e:
-                err = str(e)
+                exc = e
+        else:
+            exc = RecordError(err, "unreadable_line", f"{path}:{lineno}")
         if not skip_bad:
-            raise RecordError(err)
-        errors.append(err)
+            raise exc
+        errors.append(exc)
     return records, errors
 
 
@@ -153,5 +193,9 @@ def write_jsonl(path: str | Path, rows) -> int:
 
 def record_to_dict(r: TrainRecord) -> dict:
     d = msgspec.to_builtins(r)
-    d.pop("source", None)
+    for k in _NOT_WRITTEN:
+        d.pop(k, None)
     return d
+
+
+_NOT_WRITTEN = ("source", "clamped_from")
