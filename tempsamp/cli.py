@@ -61,6 +61,9 @@ def cmd_cache(a) -> int:
     from .data.cache import build_cache, failure_report
     from .data.video import VideoParams
 
+    from .preflight import check_cache
+
+    check_cache(a.input, a.output_dir, a.output)
     cfg = _config(a)
     family = cfg.model.family if cfg.model.family != "auto" else _family_for(cfg)
     params = VideoParams.from_config(cfg.video, family)
@@ -136,6 +139,9 @@ def cmd_eval(a) -> int:
     if not cfg.eval.bench_dir:
         print("tempsamp eval: error: no bench dir (--bench-dir, BENCH_DIR or eval.bench_dir)", file=sys.stderr)
         return 2
+    from .preflight import check_eval
+
+    check_eval(cfg, a.model, a.output)
     rep = run_eval(cfg, a.model, a.output, base_model=a.base_model or os.environ.get("BASE_MODEL") or None)
     print(open(rep.table_md).read())
     skipped = sum(len(v) for v in rep.skipped.values())
@@ -286,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     from .reframe.submission import ReframeError
     from .models.loading import ModelLoadError
     from .placement.plan import PlacementError
+    from .errors import BadSampleError
+    from .preflight import PreflightError
 
     try:
         return handlers[a.cmd](a)
     except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError, PlacementError,
-            ModelLoadError, BenchError, ReframeError) as e:
+            ModelLoadError, BenchError, ReframeError, PreflightError, BadSampleError) as e:
         print(f"tempsamp {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -219,7 +219,9 @@ def _public_config(cfg: Config) -> dict:
 
 def train_main(cfg: Config, config_path: str | None = None) -> int:
     from .cluster import init_ray
+    from .preflight import check_train
 
+    check_train(cfg)  # paths, disk, Ray address: every problem at once, before Ray or any actor starts
     init_ray(spill_dir=cfg.trainer.spill_dir, metrics_port=cfg.trainer.metrics_port)
     trainer = Trainer(cfg)
     try:
