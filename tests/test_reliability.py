@@ -273,3 +273,42 @@ def test_object_store_memory_stays_flat_over_50_steps(tiny_models, synth, tmp_pa
     early, late = max(used[2:10]), max(used[-10:])
     print(f"\nobject store bytes: step 1 {used[0]:.0f}, max steps 3-10 {early:.0f}, max steps 41-50 {late:.0f}")
     assert late <= early * 1.25 + (1 << 20), f"object store grows: {early:.0f} -> {late:.0f} bytes"
+
+
+def test_a_call_to_an_already_replaced_actor_is_resubmitted_not_replaced_again(monkeypatch):
+    """At max_staleness 1 step k+1 is in flight when a weight sync of step k finds its engine dead and
+    replaces it; the old call then fails too. That must not replace the (healthy) replacement again."""
+    from tempsamp.actors import step as step_mod
+    from tempsamp.actors.step import InFlightStep, RolloutCall, StepRunner
+
+    calls, replaced, synced = [], [], []
+
+    class Engine:
+        def __init__(self, name):
+            self.generate = type("M", (), {"remote": lambda _, *a, **k: calls.append(name) or f"ref{len(calls)}"})()
+
+    class Pools:
+        generation = {("rollout", 0): 1}  # engine 0 was replaced once after the step was launched
+        engines = [Engine("rollout-0.r1")]
+
+        def replace(self, role, i, reason):
+            replaced.append((role, i))
+            self.generation[(role, i)] += 1
+
+        def name(self, role, i):
+            return f"{role}-{i}.r{self.generation[(role, i)]}"
+
+    weights = type("W", (), {"bring_up_to_date": lambda _: synced.append(1)})()
+    cfg = load_config(DEMO, ["rollout.backend=hf"], env={})
+    runner = StepRunner(cfg, Pools(), weights, ["v.mp4"], ["p"], [(0.0, 1.0)], ["t.jsonl:1"])
+    st = InFlightStep(step=6, epoch=0, indices=[0], decoder=[0], decoder_gen=[0], video_refs=["v"], status_refs=["s"])
+    st.rollouts = [RolloutCall(0, [0], ref="old", gen=0)]
+    answers = iter([[("dead", RuntimeError("EngineDead"))], [("ok", "groups")],
+                    [("dead", RuntimeError("EngineDead"))], [("ok", "groups2")]])
+    monkeypatch.setattr(step_mod, "wait_classified", lambda refs, timeout: next(answers))
+    assert runner._collect_rollout(st) == (["groups"], True)
+    assert replaced == [] and synced == [] and calls == ["rollout-0.r1"] and st.rollouts[0].gen == 1
+    assert runner.faults["retried_calls"] == 1 and st.attempts == {}  # not charged to the step's retry budget
+    # the same engine dying on a call it did receive is a real failure: replaced and brought up to date
+    assert runner._collect_rollout(st) == (["groups2"], True)
+    assert replaced == [("rollout", 0)] and synced == [1] and st.attempts == {"rollout": 1}

@@ -32,6 +32,7 @@ class RolloutCall:
     engine: int
     positions: list[int]
     ref: object = None
+    gen: int = 0  # generation of the engine actor the call went to (Pools.generation)
 
 
 @dataclass
@@ -42,11 +43,13 @@ class InFlightStep:
     indices: list[int]  # dataset records of the step's prompts
     round: int = 0  # extra prompt draw of dynamic sampling (algorithm.filter_groups)
     decoder: list[int] = field(default_factory=list)  # decode actor of each position
+    decoder_gen: list[int] = field(default_factory=list)  # its generation when the call was submitted
     video_refs: list = field(default_factory=list)
     status_refs: list = field(default_factory=list)
     rollouts: list[RolloutCall] = field(default_factory=list)
     groups: list | None = None  # collected rollout results, per call
     reward_actor: int = 0
+    reward_gen: int = 0
     batch_ref: object = None
     metrics_ref: object = None
     attempts: dict[str, int] = field(default_factory=dict)
@@ -55,6 +58,7 @@ class InFlightStep:
         """Drop every other position (skipped bad samples)."""
         self.indices = [self.indices[j] for j in positions]
         self.decoder = [self.decoder[j] for j in positions]
+        self.decoder_gen = [self.decoder_gen[j] for j in positions]
         self.video_refs = [self.video_refs[j] for j in positions]
         self.status_refs = [self.status_refs[j] for j in positions]
 
@@ -75,6 +79,7 @@ class StepRunner:
         p = self.pools
         st = InFlightStep(step=step, epoch=epoch, indices=list(indices), round=round)
         st.decoder = [j % len(p.decode) for j in range(len(indices))]
+        st.decoder_gen = [self._gen("decode", d) for d in st.decoder]
         for j, i in enumerate(st.indices):
             v, s_ = p.decode[st.decoder[j]].decode_with_status.remote(self.videos[i])
             st.video_refs.append(v)
@@ -93,6 +98,7 @@ class StepRunner:
         spec = SamplingSpec.for_step(self.cfg.rollout, st.step, st.round)
         for k in only:
             call = st.rollouts[k]
+            call.gen = self._gen("rollout", call.engine)
             reqs = [PromptRequest(key=j, prompt_text=self.prompts[st.indices[j]]) for j in call.positions]
             call.ref = engines[call.engine].generate.remote(reqs, spec, *[st.video_refs[j] for j in call.positions])
 
@@ -102,9 +108,22 @@ class StepRunner:
         the batch itself goes from the object store to the learners."""
         p = self.pools
         st.reward_actor = st.step % len(p.reward)
+        st.reward_gen = self._gen("reward", st.reward_actor)
         st.batch_ref, st.metrics_ref = p.reward[st.reward_actor].score_with_metrics.remote(
             st.step, [self.answers[i] for i in st.indices], [self.prompts[i] for i in st.indices], st.video_refs,
             *(rollouts if rollouts is not None else [c.ref for c in st.rollouts]))
+
+    def _gen(self, role: str, i: int) -> int:
+        return self.pools.generation.get((role, i), 0)
+
+    def _stale(self, role: str, i: int, gen: int) -> bool:
+        """The call went to an actor that has been replaced since (e.g. by a weight sync while this step,
+        launched early at max_staleness 1, was in flight): resubmit to the replacement, do not replace it."""
+        if gen == self._gen(role, i):
+            return False
+        self.faults["retried_calls"] += 1
+        log.info("%s: call went to a replaced actor; resubmitting to %s", role, self.pools.name(role, i))
+        return True
 
     # ---- collection with repair ---------------------------------------------------------------
     def collect(self, st: InFlightStep) -> tuple[dict, dict]:
@@ -153,12 +172,14 @@ class StepRunner:
             changed = True
             for j in bad:
                 self._skip(st, j, status[j][1])
-            for d in sorted({st.decoder[j] for j in broken}):
+            stale = {j for j in broken if self._stale("decode", st.decoder[j], st.decoder_gen[j])}
+            for d in sorted({st.decoder[j] for j in broken if j not in stale}):
                 why = {status[j][0] for j in broken if st.decoder[j] == d}
                 self.pools.replace("decode", d, f"step {st.step}: decode call {'/'.join(sorted(why))}")
-            if broken:
+            if len(stale) < len(broken):
                 self._retry_budget(st, "decode", f"{len(broken)} decode calls")
             for j in broken:
+                st.decoder_gen[j] = self._gen("decode", st.decoder[j])
                 st.video_refs[j], st.status_refs[j] = self.pools.decode[st.decoder[j]].decode_with_status.remote(
                     self.videos[st.indices[j]])
             if bad:
@@ -179,6 +200,8 @@ class StepRunner:
             for k in failed:
                 e = st.rollouts[k].engine
                 kind, exc = status[k]
+                if kind in ("dead", "stuck") and self._stale("rollout", e, st.rollouts[k].gen):
+                    continue  # the replacement already serves the current weights
                 what = f"{self.pools.name('rollout', e)} generate {kind}" + (f" ({error_text(exc)})" if exc else "")
                 if kind == "refused":
                     raise StepFailed(f"step {st.step}: {what}")
@@ -199,6 +222,9 @@ class StepRunner:
                 return val
             i = st.reward_actor
             what = f"{self.pools.name('reward', i)} score {kind}"
+            if kind in ("dead", "stuck") and self._stale("reward", i, st.reward_gen):
+                self._submit_reward(st, st.groups)
+                continue
             if kind in ("dead", "stuck"):
                 self.pools.replace("reward", i, f"step {st.step}: {what}")
             else:
