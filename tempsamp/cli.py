@@ -121,7 +121,7 @@ def cmd_eval(a) -> int:
     import msgspec
 
     from .evaluation.bench import parse_dataset_list
-    from .evaluation.runner import run_eval
+    from .evaluation.runner import checkpoint_step, log_eval_results, run_eval
 
     cfg = _config(a)
     e = cfg.eval
@@ -142,8 +142,15 @@ def cmd_eval(a) -> int:
     from .preflight import check_eval
 
     check_eval(cfg, a.model, a.output)
+    if a.run:
+        cfg = msgspec.structs.replace(cfg, trainer=msgspec.structs.replace(cfg.trainer, run_name=a.run))
     rep = run_eval(cfg, a.model, a.output, base_model=a.base_model or os.environ.get("BASE_MODEL") or None)
     print(open(rep.table_md).read())
+    if a.run:
+        step = a.step if a.step is not None else checkpoint_step(a.model)
+        log_eval_results(cfg, rep.metrics, step or 0)
+        print(f"eval: results logged to run {a.run} at step {step or 0} ({', '.join(cfg.trainer.loggers)} under "
+              f"{cfg.trainer.log_dir}/{a.run})")
     skipped = sum(len(v) for v in rep.skipped.values())
     print(f"eval: {rep.generated} new + {rep.resumed} resumed predictions, {skipped} videos skipped, "
           f"{rep.seconds:.1f}s -> {rep.predictions}, {rep.metrics_json}, {rep.table_md}")
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-engines", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--skip-missing-videos", action="store_true", help="skip (and count) missing/undecodable videos")
+    p.add_argument("--run", help="also log the results into this training run's trackers (trainer.loggers under "
+                   "trainer.log_dir): eval/<dataset>/<metric> at the checkpoint's step")
+    p.add_argument("--step", type=int, default=None, help="the step to log at (default: N of global_step_N in --model)")
     _add_config_args(p)
     p = sub.add_parser("eval-compare", help="two eval output folders side by side, with per-query win/tie/loss")
     p.add_argument("a", help="eval output folder A (the baseline)")

@@ -15,6 +15,7 @@ This module is the bottom layer: it imports nothing from the rest of ``tempsamp`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -64,6 +65,11 @@ def parse_dataset_list(value: str | list[str] | None) -> list[str]:
 
 # the demo's config (local Ray, CPU, synthetic data, tiny model); also the recipe check's default
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "demo.yaml"
+
+
+LoggerKey = Literal["console", "jsonl", "tensorboard", "wandb", "mlflow"]
+# tracker -> the package that provides it (an optional dependency, checked by check_config)
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 class ConfigError(ValueError):
@@ -272,6 +278,12 @@ class TrainerConfig(_S):
     max_retries: int = 2  # per stage and step, after replacing dead/stuck actors; then the run stops
     spill_dir: str = ""  # Ray object spilling for a local Ray ("" = <tmp>/tempsamp-spill); env TEMPSAMP_SPILL_DIR
     metrics_port: int = 0  # a local Ray's metrics export port (0 = Ray picks); env TEMPSAMP_METRICS_PORT
+    # where step / validation / eval metrics go, any subset (tempsamp/trackers.py): console (the step line),
+    # jsonl (<log_dir>/<run>/steps.jsonl), tensorboard (<log_dir>/<run>/tensorboard), wandb, mlflow
+    loggers: list[LoggerKey] = msgspec.field(default_factory=lambda: ["console", "jsonl"])
+    project: str = "tempsamp"  # wandb project and MLflow experiment
+    wandb_mode: Literal["", "online", "offline", "disabled"] = ""  # "" = wandb's own choice (WANDB_MODE, else online)
+    mlflow_tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI, else sqlite:///<log_dir>/mlflow.db (local)
 
 
 class Config(_S):
@@ -539,6 +551,14 @@ def check_config(cfg: Config, source: str = "config") -> None:
     if d.span_overrun_tolerance_s < 0:
         raise ConfigError(f"{source}: data.span_overrun_tolerance_s must be >= 0 seconds "
                           f"(got {d.span_overrun_tolerance_s})")
+    loggers = cfg.trainer.loggers
+    dup = sorted({k for k in loggers if loggers.count(k) > 1})
+    if dup:
+        raise ConfigError(f"{source}: trainer.loggers lists {', '.join(dup)} more than once")
+    for k in loggers:
+        if k in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[k]) is None:
+            raise ConfigError(f"{source}: trainer.loggers: `{k}` needs the {TRACKER_PACKAGES[k]} package, which "
+                              f"is not installed (pip install {TRACKER_PACKAGES[k]}; `pip install -e .[dev]` has it)")
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")

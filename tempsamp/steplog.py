@@ -1,40 +1,60 @@
-"""What a training step reports: the metrics row (steps.jsonl and, when Ray's metrics agent is there,
-the dashboard) and the console line."""
+"""What a training step reports: the metrics row — to the trackers of `trainer.loggers` (steps.jsonl,
+TensorBoard, wandb, MLflow; tempsamp/trackers.py) and, when Ray's metrics agent is there, the
+dashboard — the console line, and the steps progress bar."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+
+from .progress import progress_bar
+from .trackers import Trackers, run_params
 
 log = logging.getLogger(__name__)
 
 
 class StepLogger:
-    """Appends one JSON row per step (and per validation) to `<log_dir>/<run_name>/steps.jsonl`,
-    flushed at once, and mirrors it to the Ray dashboard when metrics are available."""
+    """Sends each row (one per step, one per validation) to every tracker of `trainer.loggers`, prints a
+    step's console line (`console`), and mirrors rows to the Ray dashboard when metrics are available.
+    With `total_steps`, a progress bar over the steps (only on a terminal, see tempsamp/progress.py)."""
 
-    def __init__(self, cfg):
-        self.dir = Path(cfg.trainer.log_dir) / cfg.trainer.run_name
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cfg, total_steps: int = 0):
+        self.run, self.total_steps = cfg.trainer.run_name, total_steps
+        self.console = "console" in cfg.trainer.loggers
+        self.trackers = Trackers(cfg, params=run_params(cfg), resume=True)
+        self.dir = self.trackers.dir
         self.path = self.dir / "steps.jsonl"
-        self.f = open(self.path, "a")
+        self.bar = None
         self.metrics = None
         try:
             from .observe import DashboardMetrics
 
             self.metrics = DashboardMetrics(cfg.trainer.run_name)
         except Exception as e:  # dashboard metrics are optional (no Ray metrics agent)
-            log.warning("dashboard metrics disabled (steps.jsonl still written): %s", e)
+            log.warning("dashboard metrics disabled (the trackers still get every row): %s", e)
 
     def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        self.trackers.log(row)
         if self.metrics is not None:
             self.metrics.record(row)
+        if "time/step" not in row:  # a validation row: no step line
+            return
+        if self.total_steps and self.bar is None:  # started here: a resumed run starts past 0
+            self.bar = progress_bar(total=self.total_steps, initial=row["step"] - 1, desc=self.run, unit="step")
+        if self.console:
+            line = console_line(self.run, self.total_steps, row)
+            if self.bar is not None and not self.bar.disable:
+                self.bar.write(line)  # above the bar
+            else:
+                print(line, flush=True)
+        if self.bar is not None:
+            self.bar.update(1)
+            if row["step"] >= self.total_steps:
+                self.bar.close()
 
     def close(self):
-        self.f.close()
+        if self.bar is not None:
+            self.bar.close()
+        self.trackers.close()
 
 
 def step_row(step: int, epoch: int, version: int, indices: list[int], lag: int, batch: dict, learn: dict,

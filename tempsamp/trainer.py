@@ -22,7 +22,7 @@ from .config import Config, config_to_dict, describe_recipe, effective_recipe
 from .data.dataset import load_dataset
 from .data.sampler import EpochSampler, SamplerState
 from .learner import checkpoint as ckpt_files
-from .steplog import StepLogger, console_line, stage_shares, step_row
+from .steplog import StepLogger, stage_shares, step_row
 
 log = logging.getLogger("tempsamp.trainer")
 STAGES = ("decode", "rollout", "reward", "learn", "sync")
@@ -77,7 +77,7 @@ class Trainer:
         self.version = 0
         self.step = 0
         self.timings = {s: 0.0 for s in STAGES}
-        self.logger = StepLogger(cfg)
+        self.logger = StepLogger(cfg, self.total_steps)
         resume = ckpt_files.resolve_resume(cfg)
         if resume is not None:
             self._resume(resume)
@@ -123,7 +123,6 @@ class Trainer:
             del st, learning  # release this step's videos and batch from the object store
             self.logger.write(row)
             last = row
-            print(console_line(cfg.trainer.run_name, self.total_steps, row), flush=True)
             if cfg.checkpoint.save_freq and step % cfg.checkpoint.save_freq == 0:
                 self.save_checkpoint()
             if cfg.eval.val_freq and step % cfg.eval.val_freq == 0:

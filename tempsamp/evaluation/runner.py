@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections import deque
 from pathlib import Path
@@ -317,3 +318,24 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
     return EvalReport(metrics=metrics, predictions=str(pj), metrics_json=str(mj), table_md=str(md),
                       generated=generated, resumed=len(samples) - len(todo), skipped=skipped,
                       seconds=time.time() - t0, gt_changed=gt_changed)
+
+
+def checkpoint_step(model: str) -> int | None:
+    """The training step of an exported checkpoint path (`.../global_step_N/actor` -> N), else None."""
+    m = re.search(r"global_step_(\d+)", str(model))
+    return int(m.group(1)) if m else None
+
+
+def log_eval_results(cfg: Config, metrics: dict[str, dict], step: int) -> dict:
+    """Log eval metrics into the run `trainer.run_name` under `trainer.log_dir`, through its trackers
+    (`trainer.loggers` less `console`; the wandb / MLflow runs the training recorded in trackers.json
+    are continued): one row `{"step": step, "eval/<dataset>/<metric>": value}`. Returns the row."""
+    from ..trackers import Trackers
+
+    row = {"step": step, **{f"eval/{ds}/{k}": v for ds, m in metrics.items() for k, v in m.items()}}
+    trackers = Trackers(cfg, params=None, resume=True)
+    try:
+        trackers.log(row)
+    finally:
+        trackers.close()
+    return row
