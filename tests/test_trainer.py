@@ -91,7 +91,8 @@ def test_dynamic_sampling_on_the_actor_system(tiny_models, synth, tmp_path):
                              f"trainer.log_dir={tmp_path / 'logs'}", "rollout.backend=hf", "rollout.max_new_tokens=6",
                              "data.prompts_per_step=2", "rollout.n=2", "video.max_frames=4",
                              f"checkpoint.output_dir={tmp_path / 'ck'}", "checkpoint.resume=never", "trainer.max_steps=1",
-                             "algorithm.name=grpo", "algorithm.filter_groups=true", "algorithm.filter_max_rounds=2"],
+                             "algorithm.name=grpo", "algorithm.filter_groups=true", "algorithm.filter_max_rounds=2",
+                             "trainer.loggers=[console,jsonl,tensorboard]"],
                       env={})
     init_ray(num_cpus=2)
     try:
@@ -106,5 +107,10 @@ def test_dynamic_sampling_on_the_actor_system(tiny_models, synth, tmp_path):
         assert t.sampler.state.index == 6  # the extra prompts were consumed from the epoch
         logged = json.loads((tmp_path / "logs" / "filt" / "steps.jsonl").read_text().splitlines()[-1])
         assert logged["filter/rounds"] == 2.0
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        ea = EventAccumulator(str(tmp_path / "logs" / "filt" / "tensorboard"))  # the trainer's own tracker
+        ea.Reload()
+        assert [(e.step, e.value) for e in ea.Scalars("filter/rounds")] == [(1, 2.0)]
     finally:
         ray.shutdown()
