@@ -1,9 +1,10 @@
-"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | eval-compare | demo | reframe | reframe-check | reframe-preview."""
+"""`tempsamp` command line: convert | cache | synth | build-tiny | plan | train | eval | eval-compare | plot | demo | reframe | reframe-check | reframe-preview."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -203,6 +204,22 @@ def cmd_reframe_preview(a) -> int:
     return 0
 
 
+def cmd_plot(a) -> int:
+    from pathlib import Path
+
+    from .plots import plot_runs
+
+    runs = [Path(r) for r in a.run]
+    if a.out:
+        out = Path(a.out)
+    else:  # next to the run, or in the folder that holds them all
+        dirs = [r.parent if r.name == "steps.jsonl" else r for r in runs]
+        out = (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath([d.absolute() for d in dirs]))) / "curves.png"
+    keys = [k for k in (a.keys or "").replace(",", " ").split() if k] or None
+    print(f"plot: {plot_runs(runs, out, keys)}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -281,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video-dir", required=True)
     p.add_argument("--video-id", required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("plot", help="training curves (PNG) of one or more runs from their steps.jsonl")
+    p.add_argument("--run", action="append", required=True,
+                   help="a run's log folder (<trainer.log_dir>/<run>) or its steps.jsonl; repeat for more runs")
+    p.add_argument("--out", help="PNG path (default: curves.png in the run folder, or in the folder holding the runs)")
+    p.add_argument("--keys", help="row keys to plot, comma separated (default: on-policy score, IoU, format rate, "
+                   "GT log-prob)")
     p = sub.add_parser("demo", help="end-to-end CPU demo: GRPO vs TempSamp on synthetic data")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--steps", type=int, default=None)
@@ -293,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     handlers = {"recipe-check": cmd_recipe_check, "convert": cmd_convert, "cache": cmd_cache, "synth": cmd_synth, "build-tiny": cmd_build_tiny,
                 "plan": cmd_plan, "train": cmd_train, "eval": cmd_eval, "eval-compare": cmd_eval_compare, "demo": cmd_demo,
-                "reframe": cmd_reframe, "reframe-check": cmd_reframe_check, "reframe-preview": cmd_reframe_preview}
+                "plot": cmd_plot, "reframe": cmd_reframe, "reframe-check": cmd_reframe_check, "reframe-preview": cmd_reframe_preview}
     from .config import ConfigError
     from .data.cache import CacheMismatchError, CacheMissError
     from .data.records import RecordError
@@ -303,12 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     from .models.loading import ModelLoadError
     from .placement.plan import PlacementError
     from .errors import BadSampleError
+    from .plots import PlotError
     from .preflight import PreflightError
 
     try:
         return handlers[a.cmd](a)
     except (ConfigError, RecordError, VideoDecodeError, CacheMismatchError, CacheMissError, PlacementError,
-            ModelLoadError, BenchError, ReframeError, PreflightError, BadSampleError) as e:
+            ModelLoadError, BenchError, ReframeError, PreflightError, BadSampleError, PlotError) as e:
         print(f"tempsamp {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

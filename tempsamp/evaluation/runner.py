@@ -223,10 +223,12 @@ def refresh_predictions(preds: list[Prediction], truth: dict[str, BenchSample], 
 
 
 def write_outputs(all_preds: list[Prediction], wanted: set[str], datasets: list[str], out: Path, mode: str,
-                  extra: dict, truth: dict[str, BenchSample] | None = None) -> tuple[dict, Path, Path, Path]:
+                  extra: dict, truth: dict[str, BenchSample] | None = None, plots: bool = False
+                  ) -> tuple[dict, Path, Path, Path]:
     """Rescore every stored prediction with `mode` and against `truth` (the bench's samples by key;
     rewritten in place, nothing dropped: other datasets' lines stay), then metrics over the `wanted`
-    keys; metrics.json counts the wanted predictions whose ground truth changed (`gt_changed`)."""
+    keys; metrics.json counts the wanted predictions whose ground truth changed (`gt_changed`).
+    `plots`: per-dataset figures under `out/plots/` (tempsamp/plots.py), linked from results.md."""
     all_preds, changed = refresh_predictions(all_preds, truth or {}, mode)
     gt_changed = len(changed & wanted)
     if gt_changed:
@@ -245,9 +247,31 @@ def write_outputs(all_preds: list[Prediction], wanted: set[str], datasets: list[
         Path(tmp).write_text(json.dumps({"parse_mode": mode, "datasets": metrics, **extra}, indent=1))
     md = out / "results.md"
     title = f"TimeLens-Bench — {extra.get('model', '')} (parse: {mode})"
+    text = markdown_table(metrics, title)
+    if plots:
+        text += plot_section([p for p in all_preds if p.key in wanted], datasets, out)
     with atomic_path(md) as tmp:
-        Path(tmp).write_text(markdown_table(metrics, title))
+        Path(tmp).write_text(text)
     return metrics, pred_path, mj, md
+
+
+PLOT_TITLES = {"iou_histogram": "IoU histogram", "r1_vs_iou": "R1 vs IoU threshold",
+               "timeline": "predicted vs ground-truth spans"}
+
+
+def plot_section(preds: list[Prediction], datasets: list[str], out: Path) -> str:
+    """Each dataset's plots under `out/plots/`, as a Markdown section of relative image links."""
+    from ..plots import eval_plots
+
+    lines = ["", "### Plots", ""]
+    for ds in datasets:
+        ps = [p for p in preds if p.dataset == ds]
+        if not ps:
+            continue
+        pngs = eval_plots(ps, ds, out / "plots")
+        lines += [f"#### {ds}", "", " ".join(f"![{ds}: {PLOT_TITLES[k]}]({png.relative_to(out).as_posix()})"
+                                             for k, png in pngs.items()), ""]
+    return "\n".join(lines) + "\n"
 
 
 def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None,
@@ -313,7 +337,7 @@ def run_eval(cfg: Config, model: str, output: str, base_model: str | None = None
              "video_params": params.as_dict(),
              "max_new_tokens": e.max_new_tokens, "skipped_videos": skipped}
     metrics, pj, mj, md = write_outputs(read_predictions(pred_path), wanted, datasets, out, e.parse_mode, extra,
-                                        truth={s.key: s for s in samples})
+                                        truth={s.key: s for s in samples}, plots=True)
     gt_changed = json.loads(Path(mj).read_text())["gt_changed"]
     return EvalReport(metrics=metrics, predictions=str(pj), metrics_json=str(mj), table_md=str(md),
                       generated=generated, resumed=len(samples) - len(todo), skipped=skipped,
