@@ -10,40 +10,14 @@ advantages: nothing to learn); TempSamp's injected GT row carries the only signa
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-PLOT_KEYS = [("reward/raw_score_mean_no_gt", "on-policy IoU + 0.1 format (unshaped)"),
-             ("reward/iou_mean_no_gt", "on-policy IoU"),
-             ("reward/format_rate_no_gt", "on-policy format rate"),
-             ("learn/gt_logp_per_token", "log-prob of GT answer tokens")]
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
 
 def write_report(logs: dict[str, list[dict]], out: Path) -> tuple[Path, Path]:
-    import matplotlib
+    from .plots import training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(PLOT_KEYS), figsize=(4.2 * len(PLOT_KEYS), 3.4))
-    for ax, (key, title) in zip(axes, PLOT_KEYS):
-        for algo, rows in logs.items():
-            xs = [r["step"] for r in rows if key in r]
-            ys = [r[key] for r in rows if key in r]
-            ax.plot(xs, ys, marker=".", label=algo)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    png = out / "demo_curves.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    png = training_curves(logs, out / "demo_curves.png")
     algos = list(logs)
     head = "| step | " + " | ".join(f"{a} score | {a} IoU | {a} format | {a} GT logp" for a in algos) + " |"
     sep = "|---|" + "---|" * (4 * len(algos))
@@ -93,6 +67,7 @@ def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = 
     from .config import DEMO_CONFIG, load_config
     from .data.synthetic import generate
     from .evaluation.runner import run_eval
+    from .plots import read_steps
     from .models.tiny import build_tiny_model
     from .trainer import Trainer
 
@@ -126,7 +101,7 @@ def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = 
             ckpts[algo] = (cfg, trainer.save_checkpoint() / "actor")
         finally:
             trainer.shutdown()
-        logs[algo] = _read(log_path)
+        logs[algo] = read_steps(log_path)
         shares[algo] = res["stage_shares"]
     png, md = write_report(logs, out_p)
     print(md.read_text())
