@@ -103,10 +103,29 @@ def cmd_build_tiny(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from .placement.plan import format_plan, make_plan
+    from .placement.memory import check_memory, find_model_config, format_memory, memory_plan, model_shape
+    from .placement.plan import PlacementError, format_plan, make_plan, resolve_use_gpus
 
     cfg = _config(a)
     print(format_plan(make_plan(cfg)))
+    cfg = resolve_use_gpus(cfg, None, notice=lambda _: None)
+    if not cfg.placement.use_gpus:
+        print("\nmemory: CPU-only plan (placement.use_gpus=false): no GPU memory to check")
+        return 0
+    if cfg.model.path or a.model_config:
+        try:
+            src = find_model_config(cfg.model.path, a.model_config or "")
+        except FileNotFoundError as e:
+            raise PlacementError(f"memory check: {e}") from None
+        shape = model_shape(src)
+    else:  # no model.path: the tiny model the run would build
+        from .models.tiny import tiny_config
+
+        shape = model_shape(tiny_config(cfg.model.tiny_family), name=f"tiny {cfg.model.tiny_family}")
+    plan = memory_plan(cfg, shape)
+    print()
+    print(format_memory(plan))
+    check_memory(plan)
     return 0
 
 
@@ -254,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("plan", help="print the placement plan for a config")
+    p = sub.add_parser("plan", help="print the placement plan and per-GPU memory estimate for a config")
+    p.add_argument("--model-config", default="", help="folder (or config.json) of the model's architecture; default: "
+                   "model.path's config.json, else the shipped one named like model.path (tempsamp/placement/model_configs)")
     _add_config_args(p)
     p = sub.add_parser("train", help="train (GRPO or TempSamp) on the Ray actor system")
     _add_config_args(p)

@@ -223,6 +223,9 @@ class PlacementConfig(_S):
     # auto = GPUs when the Ray cluster has any, else a CPU-only plan (one notice line); true/false win.
     # An autoscaling cluster that starts without GPU nodes needs an explicit true.
     use_gpus: bool | Literal["auto"] = "auto"
+    # memory of one GPU in GiB (vendors' "GB"; H20: 96): `tempsamp plan` checks each GPU role's estimate
+    # against it (tempsamp/placement/memory.py)
+    gpu_memory_gib: float = 96.0
 
 
 class SyncConfig(_S):
@@ -430,7 +433,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 REMOVED_KEYS = {
     "data.val_files": "validation data is eval.bench_dir + eval.datasets (in training: eval.val_freq)",
     "algorithm.exclude_gt_from_metrics": "reward metrics are always logged both with and without GT rows",
-    "placement.gpu_memory_gb": "nothing read it; the GPU memory share is rollout.gpu_memory_utilization",
+    "placement.gpu_memory_gb": "the GPU's memory is placement.gpu_memory_gib (GiB; `tempsamp plan` checks every "
+                               "role's estimate against it); the engine's share is rollout.gpu_memory_utilization",
     "sync.checksum": "every weight-sync bucket is always checksummed",
     "trainer.seed": "the seeds are data.seed (sampling order, torch) and rollout.seed (sampling)",
 }
@@ -559,6 +563,8 @@ def check_config(cfg: Config, source: str = "config") -> None:
         if k in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[k]) is None:
             raise ConfigError(f"{source}: trainer.loggers: `{k}` needs the {TRACKER_PACKAGES[k]} package, which "
                               f"is not installed (pip install {TRACKER_PACKAGES[k]}; `pip install -e .[dev]` has it)")
+    if cfg.placement.gpu_memory_gib <= 0:
+        raise ConfigError(f"{source}: placement.gpu_memory_gib must be > 0 (GiB per GPU), got {cfg.placement.gpu_memory_gib}")
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")
