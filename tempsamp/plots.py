@@ -137,10 +137,11 @@ def timeline_strip(items: Sequence[dict], png: str | Path, title: str) -> Path:
         if it["pred"] is not None:
             p0, p1 = it["pred"]
             lo, hi = max(0.0, min(p0, p1)), min(max(p0, p1), it["duration"])
-            if hi > lo:
-                ax.broken_barh([(lo, hi - lo)], (y - 0.4, 0.35), color="#e08a2c")
+            if hi >= lo:  # a zero-length span still shows, as a thin bar
+                ax.broken_barh([(lo, max(hi - lo, 0.004 * it["duration"]))], (y - 0.4, 0.35), color="#e08a2c")
             else:
-                ax.text(0, y - 0.2, " outside the video", fontsize=7, va="center", color="#b05a00")
+                ax.text(0, y - 0.2, f" outside the video ({p0:g} to {p1:g})", fontsize=7, va="center",
+                        color="#b05a00")
         else:
             ax.text(0, y - 0.2, " no answer", fontsize=7, va="center", color="#b05a00")
         ax.text(it["duration"], y, f" IoU {it['iou']:.2f}", fontsize=7, va="center")
@@ -175,6 +176,6 @@ def _save(fig, plt, png: str | Path, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     return png
