@@ -239,7 +239,7 @@ class SyncConfig(_S):
 class CheckpointConfig(_S):
     output_dir: str = "checkpoints/tempsamp"
     save_freq: int = 20
-    save_limit: int = 3
+    save_limit: int = 3  # complete checkpoints kept (>= 1; the oldest are deleted as new ones complete)
     resume: str = "auto"  # auto | never | path to a global_step_N folder
     export_hf: bool = True
 
@@ -565,6 +565,9 @@ def check_config(cfg: Config, source: str = "config") -> None:
                               f"is not installed (pip install {TRACKER_PACKAGES[k]}; `pip install -e .[dev]` has it)")
     if cfg.placement.gpu_memory_gib <= 0:
         raise ConfigError(f"{source}: placement.gpu_memory_gib must be > 0 (GiB per GPU), got {cfg.placement.gpu_memory_gib}")
+    if cfg.checkpoint.save_limit < 1:
+        raise ConfigError(f"{source}: checkpoint.save_limit must be >= 1 (got {cfg.checkpoint.save_limit}): "
+                          "0 would delete every checkpoint, the one just written included")
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")

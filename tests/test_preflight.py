@@ -142,3 +142,10 @@ def test_eval_and_cache_preflight(tmp_path):
     assert [f.split(":")[0] for f in e.value.failures] == [
         f"--input {tmp_path / 'in.jsonl'}", f"--output-dir {tmp_path / 'blk' / 'cache'}",
         f"--output (folder) {tmp_path / 'blk'}"]
+
+
+def test_save_limit_below_one_is_refused():
+    from tempsamp.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"checkpoint\.save_limit must be >= 1 \(got 0\)"):
+        load_config(None, ["checkpoint.save_limit=0"], env={})
