@@ -175,7 +175,8 @@ def test_undecodable_videos_are_skipped_and_counted_or_stop_the_run(tiny_models,
     init_ray(num_cpus=2)
     try:
         t = Trainer(_cfg(synth, tmp_path, "skip", "data.on_bad_sample=skip", "data.prompts_per_step=3",
-                         "data.shuffle=false", train_file=subset), model_dir=tiny_models("qwen2_5_vl"))
+                         "data.shuffle=false", "data.max_bad_fraction=1", train_file=subset),
+                    model_dir=tiny_models("qwen2_5_vl"))
         try:
             row = _step(t)
             assert row["batch/rows"] == 1 * N and row["faults/skipped_samples"] == 2
@@ -185,6 +186,12 @@ def test_undecodable_videos_are_skipped_and_counted_or_stop_the_run(tiny_models,
             assert {(r["video"], r["reason"], r["step"]) for r in report} == \
                 {(str(zero), "undecodable_video", 1), (str(corrupt), "undecodable_video", 1)}
             assert all(r["where"].startswith(f"{subset}:") for r in report)
+            # policy `skip`, but more than data.max_bad_fraction of the records cannot be decoded: the run stops
+            t.cfg = t.steps.cfg = msgspec.structs.replace(t.cfg, data=msgspec.structs.replace(t.cfg.data,
+                                                                                               max_bad_fraction=0.5))
+            with pytest.raises(BadSampleError, match=r"step 2: the videos of 2 of 3 records could not be decoded "
+                                                     r"\(66.7 % > data.max_bad_fraction 50 %\)"):
+                _step(t)
             # same trainer, policy `stop`: the next epoch draws the same batch and the run stops on it
             t.cfg = t.steps.cfg = msgspec.structs.replace(t.cfg, data=msgspec.structs.replace(t.cfg.data,
                                                                                                on_bad_sample="stop"))
@@ -312,3 +319,23 @@ def test_a_call_to_an_already_replaced_actor_is_resubmitted_not_replaced_again(m
     # the same engine dying on a call it did receive is a real failure: replaced and brought up to date
     assert runner._collect_rollout(st) == (["groups2"], True)
     assert replaced == [("rollout", 0)] and synced == [1] and st.attempts == {"rollout": 1}
+
+
+def test_undecodable_videos_beyond_the_bad_fraction_stop_the_run(tmp_path):
+    from tempsamp.actors.step import InFlightStep, StepRunner
+
+    cfg = load_config(DEMO, ["rollout.backend=hf", f"trainer.log_dir={tmp_path}", "trainer.run_name=frac"], env={})
+    n = 200  # data.max_bad_fraction 0.01: 2 undecodable records are tolerated, a third stops the run
+    runner = StepRunner(cfg, None, None, [f"v{i}.mp4" for i in range(n)], ["p"] * n, [(0.0, 1.0)] * n,
+                        [f"t.jsonl:{i + 1}" for i in range(n)])
+    st = InFlightStep(step=4, epoch=0, indices=[0, 1, 0, 2])
+    for j in range(3):  # record 0 twice: counted once
+        runner._skip(st, j, RuntimeError("moov atom not found"))
+    with pytest.raises(BadSampleError, match=r"step 4: the videos of 3 of 200 records could not be decoded \(1.5 % "
+                                             r"> data.max_bad_fraction 1 %\); every one is listed in .*frac/"
+                                             r"bad_samples.jsonl; last: video v2.mp4 \(t.jsonl:3\)"):
+        runner._skip(st, 3, RuntimeError("moov atom not found"))
+    rows = [json.loads(x) for x in (tmp_path / "frac" / "bad_samples.jsonl").read_text().splitlines()]
+    assert [(r["where"], r["reason"], r["step"]) for r in rows] == [
+        ("t.jsonl:1", "undecodable_video", 4), ("t.jsonl:2", "undecodable_video", 4),
+        ("t.jsonl:1", "undecodable_video", 4), ("t.jsonl:3", "undecodable_video", 4)]

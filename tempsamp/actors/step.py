@@ -72,6 +72,7 @@ class StepRunner:
         self.videos, self.prompts, self.answers, self.sources = videos, prompts, answers, sources
         self.faults = {"retried_calls": 0, "skipped_samples": 0}
         self.skip_log: list[dict] = []
+        self.undecodable: set[int] = set()  # records whose video failed to decode (data.max_bad_fraction)
 
     # ---- submission ---------------------------------------------------------------------------
     def launch(self, step: int, epoch: int, indices: list[int], round: int = 0) -> InFlightStep:
@@ -159,6 +160,13 @@ class StepRunner:
                               "reason": error_text(exc)})
         append_bad_samples(bad_samples_path(self.cfg), [BadSample(  # with the rows skipped at load time
             where=self.sources[i], video=self.videos[i], reason="undecodable_video", detail=why, step=st.step)])
+        self.undecodable.add(i)
+        n, limit = len(self.videos), self.cfg.data.max_bad_fraction
+        if len(self.undecodable) > limit * n:  # a broken video store, not a few bad files: stop, do not train on
+            raise BadSampleError(
+                f"step {st.step}: the videos of {len(self.undecodable)} of {n} records could not be decoded "
+                f"({100 * len(self.undecodable) / n:.1f} % > data.max_bad_fraction {100 * limit:g} %); every one "
+                f"is listed in {bad_samples_path(self.cfg)}; last: {why}")
 
     def _collect_decode(self, st: InFlightStep) -> bool:
         """Wait for every video; returns True when the chain had to change."""
