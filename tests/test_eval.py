@@ -185,6 +185,21 @@ def test_eval_of_an_exported_checkpoint_end_to_end_and_resume(tiny_models, synth
         assert all(m["datasets"][d]["count"] == synth["n_bench"] for d in ds)
         table = Path(rep.table_md).read_text()
         assert "| charades-timelens |" in table and "R1@0.5" in table
+        # per-dataset plots, linked from results.md
+        for d in ds:
+            for k in ("iou_histogram", "r1_vs_iou", "timeline"):
+                png = out / "plots" / f"{d}_{k}.png"
+                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](plots/{d}_{k}.png)" in table
+        # `tempsamp eval --run`: the results also go into the training run's trackers (here steps.jsonl),
+        # at the checkpoint's step; nothing is regenerated
+        from tempsamp.cli import main as cli
+
+        assert cli(["eval", "--model", str(actor), "--base-model", base, "--bench-dir", synth["bench_dir"],
+                    "--datasets", ",".join(ds), "--output", str(out), "--run", "evtrain", "--config", str(DEMO),
+                    f"trainer.log_dir={tmp_path / 'logs'}", "eval.cpus_per_actor=0.5"]) == 0
+        last = json.loads((tmp_path / "logs" / "evtrain" / "steps.jsonl").read_text().splitlines()[-1])
+        assert last["step"] == 1 and last["eval/charades-timelens/count"] == synth["n_bench"]
+        assert last["eval/qvhighlights-timelens/mIoU"] == m["datasets"]["qvhighlights-timelens"]["mIoU"]
         # rerun: nothing regenerated; a lost line is regenerated; a new parse mode rescored from stored text
         p = Path(rep.predictions)
         p.write_text("".join(x + "\n" for x in p.read_text().splitlines()[:-1]))
