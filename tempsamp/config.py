@@ -205,6 +205,10 @@ class LearnerConfig(_S):
     micro_batch_tokens: int = 32768  # token budget of one forward/backward micro-batch
     freeze_vision_tower: bool = True
     gradient_checkpointing: bool = True
+    # encode a group's prompt + video once for its n responses (exact; models/shared_prefix.py): the whole
+    # prefix once on full-attention families (Qwen2.5-VL, Qwen3-VL with sdpa/eager), the vision tower once
+    # on Qwen3.5 (linear attention) and flash-attention 2. false = the unshared forward (n copies)
+    shared_prefix: bool = True
     fsdp: bool = True  # FSDP2 fully_shard across ranks
     timeout_s: float = 1800.0
 

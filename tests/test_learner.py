@@ -162,6 +162,10 @@ def test_micro_batches_follow_rank_ownership_and_token_budget():
     # rank 1: group 3's sequence alone exceeds the budget -> one row per micro-batch
     assert micro_batches(rows, {1: 50, 3: 500}, 100, 2, 1) == [(1, slice(0, 2)), (1, slice(2, 4))] + [
         (3, slice(s, s + 1)) for s in range(5)]
+    # shared-prefix packing: the prompt counts once; group 0 (prompt 20 + response 5): 20 + 4 x 5 <= 40,
+    # group 2 (prompt 30 + response 10): 30 + 1 x 10 -> one row per micro-batch
+    assert micro_batches(rows, {0: 25, 2: 40}, 40, 2, 0, prefix_lens={0: 20, 2: 30}) == [
+        (0, slice(0, 4)), (2, slice(0, 1)), (2, slice(1, 2)), (2, slice(2, 3))]
 
 
 def test_plan_chunks_splits_the_cross_rank_count_into_contiguous_mini_batches():

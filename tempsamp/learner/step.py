@@ -26,6 +26,7 @@ from ..algo.correction import mismatch_terms, rollout_correction
 from ..algo.grpo import kl_penalty, policy_loss
 from ..config import AlgorithmConfig, LearnerConfig
 from ..models.policy import build_inputs, response_logprobs, response_scores
+from ..models.shared_prefix import shared_mode
 from .sharding import count_max, full_tensor, max_all, sum_all
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,22 @@ def rank_groups(n_groups: int, world: int, rank: int) -> list[int]:
 
 
 def micro_batches(rows: Sequence[int], seq_lens: Mapping[int, int], micro_batch_tokens: int, world: int,
-                  rank: int) -> list[tuple[int, slice]]:
-    """[(group_idx, row_slice)] for this rank, group by group; rows * seq_len <= micro_batch_tokens
-    (at least one row). `rows[gi]`: responses in group gi; `seq_lens[gi]`: prompt + padded response
-    length, needed only for this rank's groups."""
+                  rank: int, prefix_lens: Mapping[int, int] | None = None) -> list[tuple[int, slice]]:
+    """[(group_idx, row_slice)] for this rank, group by group, each within `micro_batch_tokens` (at
+    least one row). `rows[gi]`: responses in group gi; `seq_lens[gi]`: prompt + padded response
+    length, needed only for this rank's groups. Without `prefix_lens` a micro-batch costs
+    rows * seq_len tokens; with `prefix_lens[gi]` (the prompt length, shared-prefix packing) it costs
+    prefix + rows * (seq_len - prefix): the prompt is in the packed sequence once."""
     out = []
     for gi, n in enumerate(rows):
         if gi % world != rank:
             continue
         seq = seq_lens[gi]
-        per = max(1, micro_batch_tokens // max(seq, 1))
+        if prefix_lens is not None:
+            pre = prefix_lens[gi]
+            per = max(1, (micro_batch_tokens - pre) // max(seq - pre, 1))
+        else:
+            per = max(1, micro_batch_tokens // max(seq, 1))
         out += [(gi, slice(s, min(n, s + per))) for s in range(0, n, per)]
     return out
 
@@ -168,9 +175,14 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
     model.train()
     inputs = {gi: build_inputs(processor, batch.groups[gi].prompt_text, videos[batch.groups[gi].key])
               for gi in rank_groups(len(batch.groups), world, rank)}
+    # shared prefix: the prompt + video is encoded once per micro-batch of a group (models/shared_prefix.py);
+    # when the whole prefix is packed once, the token budget counts it once
+    shared = lc.shared_prefix
+    packed = shared and shared_mode(model) == "packed"
     micro = micro_batches([g.response_ids.shape[0] for g in batch.groups],
                           {gi: inputs[gi].length + batch.groups[gi].response_ids.shape[1] for gi in inputs},
-                          lc.micro_batch_tokens, world, rank)
+                          lc.micro_batch_tokens, world, rank,
+                          prefix_lens={gi: inputs[gi].length for gi in inputs} if packed else None)
     plan = plan_chunks(micro, count_max(len(micro), world, device), lc.mini_batches_per_step)
     chunks = plan.chunks
     total_tokens = max(1, batch.total_tokens)
@@ -212,7 +224,8 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
                 for k in entries:
                     g, inp, idx = rows_of(k)
                     sc = response_scores(model, inp, torch.as_tensor(g.response_ids[idx]),
-                                         torch.as_tensor(g.response_mask[idx]), temperature, False, *sampling)
+                                         torch.as_tensor(g.response_mask[idx]), temperature, False, *sampling,
+                                         shared_prefix=shared)
                     if k is not None:
                         old[k] = (sc.logprobs, sc.sampled_logprobs)
     updates = 0
@@ -227,7 +240,7 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
                 g, inp, idx = rows_of(k)
                 ids = torch.as_tensor(g.response_ids[idx])
                 mask = torch.as_tensor(g.response_mask[idx])
-                sc = response_scores(model, inp, ids, mask, temperature, True, *sampling)
+                sc = response_scores(model, inp, ids, mask, temperature, True, *sampling, shared_prefix=shared)
                 lp, ent = sc.logprobs, sc.entropy
                 m = mask.to(lp.device).to(lp.dtype)
                 old_lp = old[k][0].to(lp.device) if (need_old and not dummy) else lp.detach()
@@ -246,7 +259,7 @@ def ppo_step(model, ref, processor, opt, sched, params: list[torch.Tensor], batc
                                        global_seqs=seq_denoms[c], weights=weights)
                 if ref is not None and not dummy:
                     with torch.no_grad():
-                        ref_lp = response_logprobs(ref, inp, ids, mask, temperature=temperature)
+                        ref_lp = response_logprobs(ref, inp, ids, mask, temperature=temperature, shared_prefix=shared)
                     kl = (kl_penalty(lp, ref_lp, ac.kl_type) * m).sum() / denoms[c]
                     loss = loss + ac.kl_coef * kl
                     metrics["kl"] += float(kl.detach()) / world / max(1, lc.ppo_epochs)

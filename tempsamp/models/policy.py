@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 
@@ -19,7 +19,10 @@ import torch
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 from ..data.prompts import split_problem
-from ..data.video import VideoSample
+from .shared_prefix import packed_logits, shared_mode, vision_once_logits
+
+if TYPE_CHECKING:  # torch + transformers are all this module needs at run time (benchmarks/gpu_learner.py)
+    from ..data.video import VideoSample
 
 VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -134,33 +137,45 @@ def truncate_logits(logits: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -
 
 def response_scores(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
                     temperature: float = 1.0, with_entropy: bool = False, top_k: int = -1,
-                    top_p: float = 1.0) -> ResponseScores:
+                    top_p: float = 1.0, shared_prefix: bool = False) -> ResponseScores:
     """One forward: per-token log-probs (B, L) of `response_ids` after the prompt (B rows share the
     prompt+video) under the policy at `temperature` (logits / temperature, no top-k / top-p: the
     loss's policy); with `with_entropy` each position's entropy; and, detached, the log-probs under the
     distribution the engine samples from (also top-k / top-p filtered, renormalised) — what the
     engine's behaviour log-probs are compared with. Gradients flow outside no_grad; padding gets 0.
-    The (L, V) temporaries of the detached quantities are made row by row."""
+    The (L, V) temporaries of the detached quantities are made row by row. `shared_prefix`: encode the
+    prompt + video once for the B rows (`shared_prefix.shared_mode`: the whole prefix when packing is
+    exact for the model, else the vision tower); the same numbers as the unshared forward."""
     device = next(model.parameters()).device
     B, L = response_ids.shape
     P = inputs.length
-    ids = torch.cat([inputs.input_ids.expand(B, P), response_ids], dim=1).to(device)
-    attn = torch.cat([torch.ones(B, P, dtype=torch.long), response_mask.long()], dim=1).to(device)
-    visual = {}
-    for k, v in inputs.visual.items():
-        if k == "pixel_values_videos":
-            visual[k] = v.repeat(B, 1).to(device)
+    mode = shared_mode(model) if shared_prefix else "off"
+    if mode == "packed":
+        logits = packed_logits(model, inputs.input_ids, inputs.mm_token_type_ids, inputs.visual, response_ids,
+                               response_mask, device).float()
+    else:
+        ids = torch.cat([inputs.input_ids.expand(B, P), response_ids], dim=1).to(device)
+        attn = torch.cat([torch.ones(B, P, dtype=torch.long), response_mask.long()], dim=1).to(device)
+        types = None
+        if inputs.mm_token_type_ids is not None:
+            types = torch.cat([inputs.mm_token_type_ids.expand(B, P),
+                               torch.zeros(B, L, dtype=inputs.mm_token_type_ids.dtype)], 1).to(device)
+        # The root forward (so FSDP's root hooks run) with logits only at the response positions:
+        # all rows share the prompt length, so one index tensor serves the whole batch.
+        keep = torch.arange(P - 1, P - 1 + L, device=device)
+        if mode == "vision":
+            logits = vision_once_logits(model, ids, attn, types, inputs.visual, B, keep, device).float()
         else:
-            visual[k] = v.repeat(B, *([1] * (v.dim() - 1))).to(device)
-    if inputs.mm_token_type_ids is not None:
-        visual["mm_token_type_ids"] = torch.cat(
-            [inputs.mm_token_type_ids.expand(B, P), torch.zeros(B, L, dtype=inputs.mm_token_type_ids.dtype)], 1
-        ).to(device)
-    # The root forward (so FSDP's root hooks run) with logits only at the response positions:
-    # all rows share the prompt length, so one index tensor serves the whole batch.
-    keep = torch.arange(P - 1, P - 1 + L, device=device)
-    out = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep, **visual)
-    logits = out.logits.float()
+            visual = {}
+            for k, v in inputs.visual.items():
+                if k == "pixel_values_videos":
+                    visual[k] = v.repeat(B, 1).to(device)
+                else:
+                    visual[k] = v.repeat(B, *([1] * (v.dim() - 1))).to(device)
+            if types is not None:
+                visual["mm_token_type_ids"] = types
+            out = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep, **visual)
+            logits = out.logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
@@ -183,9 +198,10 @@ def response_scores(model, inputs: PromptInputs, response_ids: torch.Tensor, res
 
 
 def response_logprobs(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, with_entropy: bool = False):
+                      temperature: float = 1.0, with_entropy: bool = False, shared_prefix: bool = False):
     """`response_scores`' log-probs (and entropy with `with_entropy`): the policy at `temperature`."""
-    s = response_scores(model, inputs, response_ids, response_mask, temperature, with_entropy)
+    s = response_scores(model, inputs, response_ids, response_mask, temperature, with_entropy,
+                        shared_prefix=shared_prefix)
     return (s.logprobs, s.entropy) if with_entropy else s.logprobs
 
 
