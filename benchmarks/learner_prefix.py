@@ -88,7 +88,7 @@ def one(args) -> dict:
     cfg = load_config(None, [f"model.dtype={args.dtype}", f"learner.shared_prefix={str(args.shared).lower()}",
                              f"learner.gradient_checkpointing={str(not args.no_grad_ckpt).lower()}",
                              "learner.lr=1e-5", "learner.warmup_ratio=0", f"rollout.n={args.n}",
-                             "learner.micro_batch_tokens=65536"], env={})
+                             "learner.micro_batch_tokens=65536", f"rollout.top_p={args.top_p}"], env={})
     core = LearnerCore(cfg, args.model, total_steps=100, device=args.device)
     core.skip_zero_adv = False  # every row runs (random responses score 0: the timing is of all n rows)
     proc, tok = core.processor, core.processor.tokenizer
@@ -135,6 +135,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-grad-ckpt", action="store_true")
+    ap.add_argument("--top-p", type=float, default=0.85,
+                    help="rollout.top_p (the recipe's 0.85: the learner also scores each response token under the "
+                         "engines' top-p filter, a sort of the vocabulary per token, the same work shared or not)")
     ap.add_argument("--model", default="", help="a model folder (default: a random one of --family/--hidden/--layers)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=8, help=argparse.SUPPRESS)
@@ -154,7 +157,8 @@ def main() -> None:
         for shared in (False, True):
             cmd = [sys.executable, __file__, "--one", "--n", str(n), "--model", a.model, "--family", a.family,
                    "--frames", str(a.frames), "--rows", str(a.rows), "--cols", str(a.cols), "--response",
-                   str(a.response), "--steps", str(a.steps), "--device", a.device, "--dtype", a.dtype]
+                   str(a.response), "--steps", str(a.steps), "--device", a.device, "--dtype", a.dtype,
+                   "--top-p", str(a.top_p)]
             cmd += ["--shared"] if shared else []
             cmd += ["--no-grad-ckpt"] if a.no_grad_ckpt else []
             env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -169,7 +173,8 @@ def main() -> None:
     lines = [stamp("learner_prefix", f"{a.device}, {a.dtype}"),
              f"{a.family} random, hidden {a.hidden}, {a.layers} layers; one group: prefix {any_r['prefix']} tokens "
              f"(video {a.frames} frames) : response {a.response} tokens; LearnerCore.train_step (fwd + bwd + AdamW), "
-             f"grad ckpt {not a.no_grad_ckpt}; median of {a.steps} steps after 1 warm-up; shared = {mode}",
+             f"grad ckpt {not a.no_grad_ckpt}, rollout.top_p {a.top_p}; median of {a.steps} steps after 1 warm-up; "
+             f"shared = {mode}",
              "| n | unshared s/step | shared s/step | speed-up | unshared peak MiB | shared peak MiB | memory ratio |",
              "|---|---|---|---|---|---|---|"]
     for n in [int(x) for x in a.ns.split(",")]:
