@@ -291,6 +291,14 @@ class TrainerConfig(_S):
     project: str = "tempsamp"  # wandb project and MLflow experiment
     wandb_mode: Literal["", "online", "offline", "disabled"] = ""  # "" = wandb's own choice (WANDB_MODE, else online)
     mlflow_tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI, else sqlite:///<log_dir>/mlflow.db (local)
+    # SIGTERM / SIGINT (`ray job stop`, a pod eviction): a step still collecting rollouts is abandoned at
+    # once; one whose learner already started may finish within this many seconds; then a checkpoint is
+    # written and the run exits with status 75. Keep it below the pod's terminationGracePeriodSeconds
+    # (and RAY_JOB_STOP_WAIT_TIME_S) minus the checkpoint's write time.
+    preempt_grace_s: float = 120.0
+    # a learner rank that dies or hangs: restart the learner group in its bundles and continue from the
+    # last checkpoint this run wrote (or resumed from; none: the start), at most this many times per run
+    max_learner_restarts: int = 1
 
 
 class Config(_S):
@@ -572,6 +580,12 @@ def check_config(cfg: Config, source: str = "config") -> None:
     if cfg.checkpoint.save_limit < 1:
         raise ConfigError(f"{source}: checkpoint.save_limit must be >= 1 (got {cfg.checkpoint.save_limit}): "
                           "0 would delete every checkpoint, the one just written included")
+    t = cfg.trainer
+    if t.preempt_grace_s < 0:
+        raise ConfigError(f"{source}: trainer.preempt_grace_s must be >= 0 (got {t.preempt_grace_s})")
+    if t.max_learner_restarts < 0:
+        raise ConfigError(f"{source}: trainer.max_learner_restarts must be >= 0 (got {t.max_learner_restarts}); "
+                          "0 = a dead learner rank stops the run")
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")

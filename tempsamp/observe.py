@@ -52,11 +52,12 @@ GAUGES: dict[str, tuple[str, list[tuple[str, dict]]]] = {
         ("decode/cache_hit_rate", {"role": "decode"})]),
     "tempsamp_sync_bytes": ("Bytes broadcast per weight sync", [("sync/bytes", {"role": "sync"})]),
     "tempsamp_restarts": ("Actor replacements so far, per role", [
-        (f"faults/restarts_{r}", {"role": r}) for r in ("decode", "rollout", "reward")]),
+        (f"faults/restarts_{r}", {"role": r}) for r in ("decode", "rollout", "reward", "learner")]),
     "tempsamp_faults": ("Fault handling counters so far", [
         ("faults/retried_calls", {"role": "driver", "kind": "retried_calls"}),
         ("faults/skipped_samples", {"role": "driver", "kind": "skipped_samples"}),
-        ("faults/resyncs", {"role": "sync", "kind": "resyncs"})]),
+        ("faults/resyncs", {"role": "sync", "kind": "resyncs"}),
+        ("faults/learner_restarts", {"role": "learner", "kind": "learner_restarts"})]),
     "tempsamp_object_store_bytes": ("Ray object store bytes in use after the step", [
         ("mem/object_store_bytes", {"role": "driver"})]),
     "tempsamp_stage_seconds": ("Seconds of the last step spent in each stage", [

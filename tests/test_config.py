@@ -298,7 +298,9 @@ def test_cache_mode_from_data_config():
     ("algorithm.tis_cap=0", "algorithm.tis_cap must be > 0"),
     ("rollout.temperature=0", "rollout.temperature must be > 0"),
     ("algorithm.mis_high=0.9", "mis_low / mis_high must bracket 1"),
+    ("trainer.preempt_grace_s=-1", r"trainer.preempt_grace_s must be >= 0 \(got -1.0\)"),
+    ("trainer.max_learner_restarts=-1", r"trainer.max_learner_restarts must be >= 0 \(got -1\)"),
 ])
-def test_rollout_correction_and_temperature_keys_are_checked(override, match):
+def test_range_rules_are_refused_with_the_key_named(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(overrides=[override], env={})

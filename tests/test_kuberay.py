@@ -1,5 +1,6 @@
 """KubeRay manifests: valid against the ray.io/v1 CRD schemas (unknown fields rejected), free of secret
-values, and their GPU and CPU counts agree with `tempsamp plan` for the config their entrypoint runs."""
+values, their GPU and CPU counts agree with `tempsamp plan` for the config their entrypoint runs, and
+training pods leave a preempted run the time to checkpoint."""
 
 import copy
 import functools
@@ -231,3 +232,34 @@ def test_gpu_counts_agree_with_tempsamp_plan(path):
         engines = int(flags.get("--num-engines", cfg.eval.num_engines))
         assert engines * cfg.rollout.tensor_parallel_size == gpus
         assert cfg.placement.use_gpus
+
+
+# what a preempted run needs after its grace (trainer.preempt_grace_s): the checkpoint of a 4B model (sharded
+# params + AdamW state, the HF export) on the checkpoints volume, and the driver's shutdown
+CHECKPOINT_WRITE_S = 180
+TRAINING = [p for p in MANIFESTS if "eval" not in p.name]
+
+
+def _pod_templates(doc: dict) -> list[dict]:
+    spec = _cluster_spec(doc)
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
+def test_training_pods_give_a_preempted_run_time_to_checkpoint(path):
+    """`ray job stop` (and a pod's preStop hook, which calls it) sends SIGTERM and waits
+    RAY_JOB_STOP_WAIT_TIME_S before SIGKILL; the pods live that long and more."""
+    doc = yaml.safe_load(path.read_text())
+    _, cfg, _ = _entry_config(doc)
+    if doc["kind"] == "RayJob":
+        env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]
+    else:  # a standing cluster: jobs are submitted with jobs/runtime_env.yaml
+        env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())["env_vars"]
+    stop_wait = int(env["RAY_JOB_STOP_WAIT_TIME_S"])
+    assert stop_wait >= cfg.trainer.preempt_grace_s + CHECKPOINT_WRITE_S
+    for tpl in _pod_templates(doc):
+        assert tpl["spec"]["terminationGracePeriodSeconds"] > stop_wait
+        if doc["kind"] == "RayJob":  # evicted or reclaimed: the job is stopped gracefully before Ray goes
+            (c,) = tpl["spec"]["containers"]
+            hook = " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+            assert "ray job stop --address http://" in hook and hook.split()[-3] == doc["spec"]["jobId"], hook

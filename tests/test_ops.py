@@ -142,7 +142,9 @@ def _logged_steps(client, job: str, temp: str, n: int, timeout_s: float) -> tupl
 def test_ray_job_submit_runs_the_demo_config(tmp_path):
     """The README's `ray job submit ... -- python jobs/train.py --config jobs/configs/demo.yaml`, with no
     overrides: the job generates its data, builds its model, starts its vLLM engine and trains. It is stopped
-    once 2 steps are logged (the config runs 60)."""
+    once 2 steps are logged (the config runs 60) with `ray job stop`: the driver gets SIGTERM, checkpoints
+    the last finished step and exits with the preemption status and a resume hint."""
+    from tempsamp.learner.checkpoint import complete_checkpoints
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     app = tmp_path / "app"  # the job's working dir: what it needs, and nothing of this checkout's outputs/
@@ -166,6 +168,10 @@ def test_ray_job_submit_runs_the_demo_config(tmp_path):
         assert f"[demo] step 2/{cfg.trainer.max_steps} " in client.get_job_logs(job)
         workdir = log.parents[3]  # relative paths of the config resolve in the job's working dir
         assert (workdir / cfg.data.synthetic_dir / "train.jsonl").is_file()
+        logs = client.get_job_logs(job)
+        assert "[demo] preempted (SIGTERM" in logs and "exit status 75" in logs, logs[-3000:]
+        saved = complete_checkpoints(workdir / cfg.checkpoint.output_dir)
+        assert saved and int(saved[-1].name.rsplit("_", 1)[1]) >= 2, logs[-3000:]
 
 
 def test_no_pickle_loading_and_no_secrets_in_dumped_config(monkeypatch):

@@ -1,8 +1,11 @@
 """Fault injection on the real actor system (local Ray, CPU, HF rollout backend): dead and stuck actors,
-corrupted and hung weight broadcasts, a SIGKILLed training job, bad samples, object-store memory.
+corrupted and hung weight broadcasts, a learner rank that dies (restarted in-job) or a step that outlasts
+a preemption's grace, a SIGTERMed and a SIGKILLed training job, bad samples, object-store memory.
 Every test checks that no sample is lost (rows per step = prompts x n unless a sample was bad and
-skipped — then it is counted and logged)."""
+skipped — then it is counted and logged). Runs that are interrupted and continue are compared step by
+step with one uninterrupted run of the same config (`uninterrupted`, shared by the module)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +44,52 @@ def _step(t, n=1):
     return t.run()["last"]
 
 
+# the config of every run compared with the uninterrupted one: 8 steps (the cosine lr spans them),
+# a checkpoint every 2
+RESUMABLE = ("trainer.max_steps=8", "checkpoint.save_freq=2", "checkpoint.export_hf=false")
+WEIGHTS = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, synth, tmp_path_factory):
+    """The RESUMABLE config run start to end without a fault: its rows by step, and some learner
+    weights after step 6."""
+    import ray
+
+    from tempsamp.cluster import init_ray
+    from tempsamp.trainer import Trainer
+
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    init_ray(num_cpus=2)
+    try:
+        t = Trainer(_cfg(synth, tmp, "base", *RESUMABLE), model_dir=tiny_models("qwen2_5_vl"))
+        try:
+            _step(t, 6)
+            weights = ray.get(t.pools.learners[0].named_weights.remote(WEIGHTS))
+            _step(t, 2)
+        finally:
+            t.shutdown()
+    finally:
+        ray.shutdown()
+    rows = {r["step"]: r for r in _rows(tmp, "base")}
+    assert sorted(rows) == list(range(1, 9))
+    return rows, weights
+
+
+def _as_uninterrupted(rows: list[dict], base: dict) -> float:
+    """Every row has the uninterrupted run's batch, reward, lr (the schedule is not stepped twice) and
+    loss (within 1e-5) for its step; returns the largest loss difference."""
+    worst = 0.0
+    for r in rows:
+        b = base[r["step"]]
+        assert r["batch/indices"] == b["batch/indices"], r["step"]
+        assert r["reward/score_mean"] == pytest.approx(b["reward/score_mean"], abs=1e-9), r["step"]
+        assert r["learn/lr"] == pytest.approx(b["learn/lr"], rel=1e-9, abs=1e-15), r["step"]
+        worst = max(worst, abs(r["learn/loss"] - b["learn/loss"]))
+        assert abs(r["learn/loss"] - b["learn/loss"]) <= 1e-5, (r["step"], r["learn/loss"], b["learn/loss"])
+    return worst
+
+
 def test_staleness_beyond_the_limit_is_rejected_loudly():
     assert check_staleness(3, learner_version=2, rollout_version=1, max_staleness=1) == 1
     with pytest.raises(StepFailed, match=r"step 3: rollouts sampled with weight version 0, learner at 2: lag 2 > "
@@ -62,7 +111,7 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
     # timeouts well above a normal call on a loaded 2-core machine; the checks below are relations (at least one
     # replacement where a fault was injected), so one slow normal call cannot fail the test
     cfg = _cfg(synth, tmp_path, "chaos", "trainer.rollout_timeout_s=20", "trainer.call_timeout_s=60",
-               "sync.timeout_s=20")
+               "sync.timeout_s=20", "trainer.max_learner_restarts=0")
     init_ray(num_cpus=2)
     t = Trainer(cfg, model_dir=tiny_models("qwen2_5_vl"))
     table = []
@@ -109,9 +158,10 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
         rows = _rows(tmp_path, "chaos")
         assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
         assert rows[-1]["faults/restarts"] >= 5 and rows[-1]["faults/retried_calls"] >= 4
-        # a learner rank cannot be replaced inside the FSDP group: the run stops and says how to resume
+        # no learner restarts allowed (trainer.max_learner_restarts=0): the run stops and says how to resume
         ray.get(t.pools.learners[0].arm_fault.remote("exit", "train_step"))
-        with pytest.raises(StepFailed, match=r"step 8: a learner rank died .* checkpoint.resume=auto"):
+        with pytest.raises(StepFailed, match=r"step 8: a learner rank died .*max_learner_restarts=0.* "
+                                             r"checkpoint.resume=auto"):
             _step(t)
         print("\nfault | step | replaced | resyncs | samples lost")
         for name, step, rs, sy in table:
@@ -218,45 +268,146 @@ def test_absurd_model_output_never_breaks_the_reward_stage():
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_sigkilled_job_resumes_with_same_step_batch_and_loss(tiny_models, synth, tmp_path):
-    """Kill -9 the whole training job (driver + its local Ray) after step 3 was logged; the checkpoint of
-    step 2 is the last complete one; the resumed job redoes step 3 with the same batch and loss."""
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    run = "killed"
-    args = [sys.executable, "-m", "tempsamp.cli", "train", "--config", str(DEMO),
+def test_learner_rank_killed_at_step_4_is_restarted_and_a_stop_mid_step_is_graceful(uninterrupted, tiny_models,
+                                                                                     synth, tmp_path):
+    """Learner rank 0 dies in step 4 (checkpoints every 2 steps): the group and the broadcast group are
+    rebuilt, global_step_2 restored, steps 3.. redone as in the uninterrupted run. Then a SIGTERM during
+    the learner step 7: the step ends, a checkpoint is written; one during a step that outlasts
+    trainer.preempt_grace_s: stopped mid-step, no new checkpoint."""
+    import ray
+    import torch
+
+    from tempsamp.cluster import init_ray
+    from tempsamp.preemption import PreemptionGuard
+    from tempsamp.trainer import Trainer
+
+    base, base_weights = uninterrupted
+    init_ray(num_cpus=2)
+    t = Trainer(_cfg(synth, tmp_path, "heal", *RESUMABLE), model_dir=tiny_models("qwen2_5_vl"))
+    try:
+        _step(t, 3)
+        ray.get(t.pools.learners[0].arm_fault.remote("exit", "train_step"))  # the process dies in step 4
+        t0 = time.time()
+        _step(t, 3)
+        heal_s = time.time() - t0
+        rows = _rows(tmp_path, "heal")
+        assert [r["step"] for r in rows] == [1, 2, 3, 3, 4, 5, 6]  # 3 and 4 redone from global_step_2
+        worst = _as_uninterrupted(rows, base)
+        assert rows[-1]["faults/learner_restarts"] == 1 and rows[-1]["faults/restarts_learner"] == 1
+        assert rows[-1]["batch/rows"] == PROMPTS * N and t.pools.name("learner", 0).endswith("-learner-0.r1")
+        got = ray.get(t.pools.learners[0].named_weights.remote(WEIGHTS))
+        for name, w in base_weights.items():  # the healed learner holds the uninterrupted run's weights
+            assert torch.allclose(got[name], w, rtol=0, atol=1e-6), name
+        for e in t.pools.engines:  # every engine was re-synced to it
+            assert ray.get(e.weight_version.remote()) == t.version == 6
+            assert all(torch.equal(v, got[k]) for k, v in ray.get(e.named_weights.remote(WEIGHTS)).items())
+
+        finish = t.learners.finish_step
+
+        def sigterm_then_finish(step, calls):  # the signal arrives while the learner trains
+            os.kill(os.getpid(), signal.SIGTERM)
+            return finish(step, calls)
+
+        t.learners.finish_step = sigterm_then_finish
+        with PreemptionGuard(grace_s=60) as t.preempt:
+            out = _run_to(t, 8)
+        assert out["preempted"] == tmp_path / "heal" / "global_step_7" and t.step == 7
+        assert (out["preempted"] / "COMPLETE").is_file() and _rows(tmp_path, "heal")[-1]["step"] == 7
+        worst = max(worst, _as_uninterrupted(_rows(tmp_path, "heal")[-1:], base))
+
+        ray.get(t.pools.learners[0].arm_fault.remote("hang:30", "train_step"))
+        with PreemptionGuard(grace_s=1) as t.preempt:
+            out = _run_to(t, 8)
+        assert t.preempt.overdue and "preempt_grace_s=1s" in t.preempt.stopped
+        assert out["preempted"] == tmp_path / "heal" / "global_step_7" and t.step == 7
+        assert not (tmp_path / "heal" / "global_step_8").exists()
+        print(f"\nlearner restart at step 4: restored global_step_2, steps 3-6 in {heal_s:.1f}s "
+              f"(incl. restart); max |loss - uninterrupted| {worst:.2e}")
+    finally:
+        t.shutdown()
+        ray.shutdown()
+
+
+def _run_to(t, total):
+    t.total_steps = total
+    return t.run()
+
+
+def _train_cli(synth, tiny_models, tmp_path, run):
+    return [sys.executable, "-m", "tempsamp.cli", "train", "--config", str(DEMO),
             f"data.train_files=[{synth['train_jsonl']}]", f"model.path={tiny_models('qwen2_5_vl')}",
             f"trainer.run_name={run}", f"trainer.log_dir={tmp_path / 'logs'}", "rollout.backend=hf",
             "rollout.max_new_tokens=6", f"data.prompts_per_step={PROMPTS}", f"rollout.n={N}", "video.max_frames=4",
-            f"checkpoint.output_dir={tmp_path / 'ck'}", "checkpoint.save_freq=2", "checkpoint.export_hf=false",
-            "trainer.max_steps=5", "checkpoint.resume=auto"]
-    log = open(tmp_path / "first.log", "w")
+            f"checkpoint.output_dir={tmp_path / 'ck'}", "checkpoint.resume=auto", *RESUMABLE]
+
+
+def _start_until(args, env, tmp_path, run, name, step):
+    """Start the job (its own session: it and its local Ray form one process group) and return it once
+    `step` is in its step log."""
+    log = open(tmp_path / f"{name}.log", "w")
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     steps = tmp_path / "logs" / run / "steps.jsonl"
     deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if steps.exists() and any(json.loads(x)["step"] == step for x in steps.read_text().splitlines()[-2:]):
+            return proc
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"{name}: step {step} not logged:\n" + (tmp_path / f"{name}.log").read_text()[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigtermed_then_sigkilled_job_resumes_as_the_uninterrupted_run(uninterrupted, tiny_models, synth, tmp_path):
+    """SIGTERM to the driver once step 3 is logged (what `ray job stop` and a pod eviction send): it
+    abandons or finishes step 4, writes a checkpoint of the last finished step and exits 75 with a resume
+    hint. `checkpoint.resume=auto` continues with the next step. That job is SIGKILLed with its local Ray
+    (no chance to save) two steps later; the last complete checkpoint is older, a half-written one is
+    ignored, and the third job redoes the steps after it. Every step logged by the three jobs has the
+    uninterrupted run's batch, lr and loss."""
+    from tempsamp.errors import PREEMPTED_EXIT
+    from tempsamp.learner.checkpoint import complete_checkpoints
+
+    base, _ = uninterrupted
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    run, ck = "killed", tmp_path / "ck"
+    args = _train_cli(synth, tiny_models, tmp_path, run)
+    proc = _start_until(args, env, tmp_path, run, "first", 3)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)  # the driver only, as `ray job stop` does
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if steps.exists() and any(json.loads(x)["step"] == 3 for x in steps.read_text().splitlines()):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        rc = proc.wait(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the job and every process it started (its local Ray)
-        proc.wait()
-    first = {r["step"]: r for r in _rows(tmp_path, run)}
-    assert 3 in first and (tmp_path / "ck" / "global_step_2" / "COMPLETE").exists()
-    assert not (tmp_path / "ck" / "global_step_4" / "COMPLETE").exists() or 4 in first
-    (tmp_path / "ck" / "global_step_3.tmp").mkdir(exist_ok=True)  # a checkpoint caught half-written
-    (tmp_path / "ck" / "global_step_3.tmp" / "rank0.safetensors").write_bytes(b"\0" * 100)
-    # same max_steps: the lr schedule (cosine in the demo config) depends on it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its local Ray is left
+    stop_s = time.time() - t0
+    text = (tmp_path / "first.log").read_text()
+    assert rc == PREEMPTED_EXIT, text[-3000:]
+    first = _rows(tmp_path, run)
+    k = first[-1]["step"]
+    assert k in (3, 4) and complete_checkpoints(ck)[-1].name == f"global_step_{k}"
+    hint = [x for x in text.splitlines() if x.startswith(f"[{run}] preempted (SIGTERM")]
+    assert len(hint) == 1 and f"checkpoint.resume=auto (it resumes from {ck / f'global_step_{k}'})" in hint[0], \
+        text[-2000:]
+
+    kill_at = k + 2 if (k + 2) % 2 else k + 3  # logged after an odd step: its checkpoint is not written yet
+    proc = _start_until(args, env, tmp_path, run, "second", kill_at)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and every process it started (its local Ray)
+    proc.wait()
+    second = _rows(tmp_path, run)[len(first):]
+    assert second[0]["step"] == k + 1  # the checkpoint of step k, then the very next batch
+    last_ck = int(complete_checkpoints(ck)[-1].name.rsplit("_", 1)[1])
+    assert last_ck < second[-1]["step"]
+    (ck / f"global_step_{last_ck + 1}.tmp").mkdir(exist_ok=True)  # a checkpoint caught half-written
+    (ck / f"global_step_{last_ck + 1}.tmp" / "rank0.safetensors").write_bytes(b"\0" * 100)
     res = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    rows = _rows(tmp_path, run)
-    resumed = rows[len(first):]
-    assert resumed[0]["step"] == 3  # last complete checkpoint: global_step_2
-    assert resumed[0]["batch/indices"] == first[3]["batch/indices"]
-    assert resumed[0]["learn/loss"] == pytest.approx(first[3]["learn/loss"], rel=1e-5, abs=1e-7)
-    assert resumed[0]["reward/score_mean"] == pytest.approx(first[3]["reward/score_mean"], abs=1e-9)
+    third = _rows(tmp_path, run)[len(first) + len(second):]
+    assert third[0]["step"] == last_ck + 1 and third[-1]["step"] == 8
+    worst = _as_uninterrupted(first + second + third, base)
+    print(f"\nSIGTERM after step 3: exit {rc} in {stop_s:.1f}s, checkpoint global_step_{k}; SIGKILL after step "
+          f"{kill_at}: resumed from global_step_{last_ck}; max |loss - uninterrupted| {worst:.2e}")
 
 
 @pytest.mark.slow

@@ -56,16 +56,16 @@ def training_actors(cfg, model_dir: str, params) -> dict[str, Factory]:
 
 class Pools:
     """One pool per role of `plan` that has a factory. Actors of every role but the learner can be
-    replaced in place (`replace`): same bundle of the role's placement group, a new generation-suffixed
-    name. Learner ranks are not replaceable in-job (one FSDP group): a dead rank fails the run and
-    `checkpoint.resume: auto` continues it."""
+    replaced in place one by one (`replace`): same bundle of the role's placement group, a new
+    generation-suffixed name. Learner ranks form one FSDP group, which cannot admit a new member: they
+    are restarted all together (`restart_all`, see `recovery.py`). `restarts` counts replaced actors."""
 
     def __init__(self, plan: Plan, factories: dict[str, Factory], run_name: str, start_timeout_s: float = 900.0):
         self.plan, self.run, self.start_timeout_s = plan, run_name, start_timeout_s
         self._factories = factories
         self.pgs = reserve_placement_groups(plan, name_prefix=run_name)
         self.generation: dict[tuple[str, int], int] = {}
-        self.restarts = {role: 0 for role in factories if role != "learner"}
+        self.restarts = {role: 0 for role in factories}
         try:
             self._pools = {role: [self._make(role, i) for i in range(plan.roles[role].actors)] for role in factories}
         except BaseException:
@@ -113,6 +113,20 @@ class Pools:
         log.warning("replacing %s (%s) with %s: %s", old_name, role, self.name(role, i), reason)
         pool[i] = self._make(role, i)
         ray.get(pool[i].ping.remote(), timeout=self.start_timeout_s)
+
+    def restart_all(self, role: str, reason: str) -> None:
+        """Kill every actor of `role` and start fresh ones in the same bundles, for a group that cannot
+        admit a new member (the learner's FSDP group); returns once each answers ping."""
+        pool = self._pools[role]
+        old = [self.name(role, i) for i in range(len(pool))]
+        kill_quietly(pool)
+        for i in range(len(pool)):
+            self.generation[(role, i)] = self.generation.get((role, i), 0) + 1
+        self.restarts[role] += len(pool)
+        log.warning("restarting %s (%s) as %s: %s", ", ".join(old), role,
+                    ", ".join(self.name(role, i) for i in range(len(pool))), reason)
+        pool[:] = [self._make(role, i) for i in range(len(pool))]
+        ray.get([a.ping.remote() for a in pool], timeout=self.start_timeout_s)
 
     def shutdown(self) -> None:
         kill_quietly([a for pool in self._pools.values() for a in pool])

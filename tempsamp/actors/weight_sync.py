@@ -10,6 +10,7 @@ import logging
 import ray
 
 from ..cluster import classify, error_text
+from ..errors import LearnerFailed
 from .pools import Pools
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,15 @@ class WeightBroadcast:
     def _sync_once(self, version: int) -> dict:
         s, p = self.cfg.sync, self.pools
         t = s.timeout_s
-        plans = ray.get([l.prepare_sync.remote(version, s.bucket_mb, self.cfg.learner.freeze_vision_tower)
-                         for l in p.learners], timeout=t)
+        try:
+            plans = ray.get([l.prepare_sync.remote(version, s.bucket_mb, self.cfg.learner.freeze_vision_tower)
+                             for l in p.learners], timeout=t)
+        except Exception as e:
+            if classify(e) in ("dead", "stuck"):  # the learner side is broken, not an engine
+                raise LearnerFailed(f"weight sync v{version}: a learner rank "
+                                    f"{'died' if classify(e) == 'dead' else 'did not answer'} "
+                                    f"preparing it ({error_text(e)})") from None
+            raise
         plan = plans[0]
         recv = [e.receive_weights.remote(plan) for e in p.engines]
         send = p.learners[0].send_sync.remote()
@@ -104,6 +112,9 @@ class WeightBroadcast:
                 except Exception as e:
                     if classify(e) is None:
                         raise
+                    if classify(e) == "dead":  # the sender itself (learner rank 0) died, not the engines
+                        raise LearnerFailed(f"weight sync v{version}: the sender, learner rank 0, died "
+                                            f"({error_text(e)})") from None
                     log.warning("weight sync v%d: sender: %s", version, error_text(e))
                 dead = [i for i, why in f.bad if why == "stuck" or why.startswith("died")]
                 for i in dead:
