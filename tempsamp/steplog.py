@@ -51,6 +51,12 @@ class StepLogger:
             if row["step"] >= self.total_steps:
                 self.bar.close()
 
+    def rewind(self, step: int) -> None:
+        """The run went back to `step` (a learner restart restored a checkpoint): the bar follows."""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.n = step
+            self.bar.refresh()
+
     def close(self):
         if self.bar is not None:
             self.bar.close()

@@ -244,6 +244,7 @@ class Trainer:
             self.step, self.version, self.sampler.state = 0, 0, SamplerState()
             self.drawn = self.sampler.state
             self.weights.sync(self.version)
+        self.logger.rewind(self.step)
         print(f"[{self.cfg.trainer.run_name}] learner restarted ({self.recovery.restarts}/{self.recovery.limit}): "
               f"continuing from {point or 'the start'} at step {self.step}; steps {self.step + 1}.. are redone "
               f"with the same batches", flush=True)

@@ -285,10 +285,9 @@ def test_learner_rank_killed_at_step_4_is_restarted_and_a_stop_mid_step_is_grace
     init_ray(num_cpus=2)
     t = Trainer(_cfg(synth, tmp_path, "heal", *RESUMABLE), model_dir=tiny_models("qwen2_5_vl"))
     try:
-        _step(t, 3)
-        ray.get(t.pools.learners[0].arm_fault.remote("exit", "train_step"))  # the process dies in step 4
+        ray.get(t.pools.learners[0].arm_fault.remote("exit", "train_step", after=3))  # the process dies in step 4
         t0 = time.time()
-        _step(t, 3)
+        _run_to(t, 6)
         heal_s = time.time() - t0
         rows = _rows(tmp_path, "heal")
         assert [r["step"] for r in rows] == [1, 2, 3, 3, 4, 5, 6]  # 3 and 4 redone from global_step_2
@@ -321,8 +320,8 @@ def test_learner_rank_killed_at_step_4_is_restarted_and_a_stop_mid_step_is_grace
         assert t.preempt.overdue and "preempt_grace_s=1s" in t.preempt.stopped
         assert out["preempted"] == tmp_path / "heal" / "global_step_7" and t.step == 7
         assert not (tmp_path / "heal" / "global_step_8").exists()
-        print(f"\nlearner restart at step 4: restored global_step_2, steps 3-6 in {heal_s:.1f}s "
-              f"(incl. restart); max |loss - uninterrupted| {worst:.2e}")
+        print(f"\nlearner killed at step 4: restored global_step_2, steps 1-6 in {heal_s:.1f}s "
+              f"(incl. the restart); max |loss - uninterrupted| {worst:.2e}")
     finally:
         t.shutdown()
         ray.shutdown()

@@ -1,7 +1,7 @@
 """Fault-injection hooks for the chaos tests (tests/test_reliability.py).
 
-Every pool actor mixes this in. `arm_fault("exit" | "hang:<s>" | "raise" | "kill_engine", method)` makes
-the *next* call of `method` on that actor die (process exit, like a crashed GPU worker), sleep (a stuck
+Every pool actor mixes this in. `arm_fault("exit" | "hang:<s>" | "raise" | "kill_engine", method, after=0)`
+makes the next call of `method` on that actor, or the one after `after` more calls, die (process exit, like a crashed GPU worker), sleep (a stuck
 engine), raise, or — on a rollout actor — SIGKILL its engine's own processes (vLLM's EngineCore) and then
 run the call, as when an engine dies of CUDA OOM or an NCCL error while its actor lives on. Nothing is armed in normal runs; the hook is a dict lookup per call.
 """
@@ -20,10 +20,11 @@ class InjectedFault(RuntimeError):
 class FaultHooks:
     _armed: dict | None = None
 
-    def arm_fault(self, kind: str, method: str) -> bool:
+    def arm_fault(self, kind: str, method: str, after: int = 0) -> bool:
         if self._armed is None:
             self._armed = {}
         self._armed[method] = kind
+        self._skip = {**getattr(self, "_skip", {}), method: after}  # calls of `method` that still run normally
         return True
 
     def _engine_pids(self) -> list[int]:
@@ -31,6 +32,9 @@ class FaultHooks:
 
     def _maybe_fault(self, method: str) -> None:
         if not self._armed or method not in self._armed:
+            return
+        if self._skip.get(method, 0) > 0:
+            self._skip[method] -= 1
             return
         kind = self._armed.pop(method)
         if kind == "exit":
