@@ -131,6 +131,7 @@ class Trainer:
         t0 = time.time()
         with self.preempt.abandonable():  # the learner has not seen this step: a stop may drop it
             st = pending if pending is not None else self._launch(step)
+            pending = None
             batch, stages = self.steps.collect(st)
             batches = [st.batch_ref]
             if self.recipe.filter_groups:  # dynamic sampling: more prompts until the batch is informative
