@@ -118,3 +118,25 @@ def test_truncate_logits_is_the_engines_filter():
         assert torch.equal(torch.isinf(ours), torch.isinf(ref)), (k, p)
         assert torch.allclose(ours[~torch.isinf(ours)], x[~torch.isinf(ours)])
         assert (~torch.isinf(ours)).sum(-1).min() >= 1  # the most likely token always stays
+
+
+def test_top_p_from_candidates_equals_the_full_sort(monkeypatch):
+    """top-p alone looks among the TOP_P_CANDIDATES largest logits first; rows whose nucleus is wider
+    (flat) are sorted whole. Peaked, flat and mixed rows: the same kept set as transformers' warper."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from tempsamp.models import policy
+
+    monkeypatch.setattr(policy, "TOP_P_CANDIDATES", 16)
+    torch.manual_seed(1)
+    peaked = torch.randn(5, 500) * 0.3
+    peaked[:, :4] += torch.tensor([9.0, 8.0, 7.5, 6.0])  # nucleus of a few tokens: within the 16 candidates
+    flat = torch.randn(3, 500) * 0.3  # nucleus of hundreds: these rows take the full sort
+    x = torch.cat([peaked, flat])[torch.randperm(8)]
+    for p in (0.85, 0.5, 0.99):
+        ref = TopPLogitsWarper(p)(None, x.clone())
+        ours = policy.truncate_logits(x, -1, p)
+        assert torch.equal(torch.isinf(ours), torch.isinf(ref)), p
+        assert torch.equal(ours[~torch.isinf(ours)], x[~torch.isinf(ours)])
+    kept = (~torch.isinf(policy.truncate_logits(x, -1, 0.85))).sum(-1)
+    assert kept.min() <= 4 and kept.max() > 16  # both paths were taken
