@@ -3,10 +3,11 @@ a learner step (forward + backward + AdamW step of one micro-batch: a video prom
 tiny random models on CPU, float32, one rank, for gradient checkpointing on and off.
 
 Measured: each case runs in a fresh process with glibc told to return freed memory at once
-(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so RSS follows the live tensors; the peak is VmHWM
-after the step (reset with /proc/self/clear_refs before it) minus the RSS before it, plus the parameter
-and AdamW-state bytes (resident before the step; the step measured is the second, as in a running job). Estimated: `learner_memory` for the model's config.json, the same
-prompt/video/response token counts, no runtime reserve (CPU), one rank. Error = estimate / measured - 1,
+(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so RSS follows the live tensors. The step measured is
+the second (AdamW state exists, lazy initialisation done, as in a running job): its peak is VmHWM after
+the step (reset through /proc/self/clear_refs before it) minus the RSS before it; measured total = that +
+the parameter and AdamW-state bytes. Estimated: `learner_memory` for the model's config.json with the same
+prompt/video/response token counts, one rank, no runtime reserve (CPU). Error = estimate / measured - 1,
 for the total and for what the step adds on top of parameters and AdamW state (gradients, activations,
 logits, the vision tower's transient: the part the formulas model).
 
