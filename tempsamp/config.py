@@ -233,7 +233,9 @@ class PlacementConfig(_S):
 
 
 class SyncConfig(_S):
-    bucket_mb: int = 256
+    # weight-sync bucket size; 0 = the measured default of the backend (tempsamp/sync/weights.py BUCKET_MB:
+    # gloo 32, nccl 256)
+    bucket_mb: int = 0
     # auto = nccl when placement.use_gpus, else gloo (env TEMPSAMP_FORCE_GLOO=1 sets gloo)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     timeout_s: float = 600.0  # group init and every broadcast; a sync that does not finish is a failure
@@ -586,6 +588,9 @@ def check_config(cfg: Config, source: str = "config") -> None:
     if t.max_learner_restarts < 0:
         raise ConfigError(f"{source}: trainer.max_learner_restarts must be >= 0 (got {t.max_learner_restarts}); "
                           "0 = a dead learner rank stops the run")
+    if cfg.sync.bucket_mb < 0:
+        raise ConfigError(f"{source}: sync.bucket_mb must be >= 0 (0 = the backend's measured default), "
+                          f"got {cfg.sync.bucket_mb}")
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from tempsamp.models.names import checkpoint_name, memory_name
-from tempsamp.sync.weights import (STREAMED, SyncPlan, WeightSyncError, checksum, fill_bucket, free_port, make_group,
-                                   plan_buckets, receive_plan, send_streaming, unpack_bucket)
+from tempsamp.sync.weights import (IN_FLIGHT, STREAMED, BufferRing, SyncPlan, WeightSyncError, checksum, fill_bucket, free_port, make_group,
+                                   plan_buckets, receive_plan, send_streaming, unpack_bucket, BUCKET_MB,
+                                   bucket_mb_for, parts_checksum)
 
 
 def _named():
@@ -49,6 +50,19 @@ def test_checksum_detects_corruption():
     bad = buf.clone()
     bad[17] ^= 1
     assert checksum(bad) != c and checksum(buf.clone()) == c
+
+
+def test_plan_picks_the_wire_from_the_device_and_bucket_size_from_the_backend():
+    plan, _ = plan_buckets(_named(), 4096, version=1)
+    assert plan.wire == "per_tensor"  # CPU tensors: zero-copy per-tensor broadcasts
+    assert msgspec.json.decode(msgspec.json.encode(plan), type=SyncPlan) == plan
+    assert bucket_mb_for("gloo") == BUCKET_MB["gloo"] and bucket_mb_for("nccl", 64) == 64
+    with pytest.raises(ValueError, match="backend"):
+        bucket_mb_for("mpi")
+    # the per_tensor checksum covers the bytes of every tensor, in order
+    a, b = torch.arange(10, dtype=torch.int32), torch.ones(3)
+    assert parts_checksum([a, b]) != parts_checksum([b, a])
+    assert parts_checksum([a.view(torch.uint8)[:5], a.view(torch.uint8)[5:], b]) == parts_checksum([a, b])
 
 
 def test_names_roundtrip():
@@ -115,20 +129,26 @@ def test_checksum_mismatch_is_an_error():
     assert err and "checksum" in err[0] and "v2" in err[0]
 
 
+@pytest.mark.parametrize("wire", ["per_tensor", "packed"])
 @pytest.mark.parametrize("corrupt", [False, True])
-def test_streamed_checksums_round_trip_and_catch_a_flipped_byte(corrupt):
-    """The learner's path: buckets packed while earlier ones travel, each checksum sent after its
-    bucket; a corrupted bucket is not loaded, the rest still arrive, then the error names it."""
+def test_streamed_checksums_round_trip_and_catch_a_flipped_byte(corrupt, wire):
+    """The learner's path: buckets sent while earlier ones travel (per_tensor: each tensor from its
+    own storage; packed: one packed buffer), each checksum sent after its bucket; a corrupted bucket
+    is not loaded, the rest still arrive, then the error names it. The receiver reuses a ring of
+    buffers (as the engines do) and copies what it keeps."""
     groups = _pair(2)
     named = _named()
-    plan, parts = plan_buckets(named, 2048, version=4)
+    before = {k: v.clone() for k, v in named}
+    plan, parts = plan_buckets(named, 2048, version=4, wire=wire)
+    assert plan.wire == wire
     assert len(plan.buckets) > 2 and all(b.checksum == STREAMED for b in plan.buckets)
+    ring = BufferRing(IN_FLIGHT + 1)
     got, err = {}, []
 
     def recv():
         try:
-            for part in receive_plan(groups[1], plan):
-                got.update(dict(part))
+            for part in receive_plan(groups[1], plan, ring=ring):
+                got.update({k: v.clone() for k, v in part})
         except WeightSyncError as e:
             err.append(str(e))
 
@@ -137,6 +157,8 @@ def test_streamed_checksums_round_trip_and_catch_a_flipped_byte(corrupt):
     send_streaming(groups[0], plan, parts, corrupt=corrupt)
     t.join()
     first = {ts.name for ts in plan.buckets[0].tensors}
+    for k, v in named:  # fault injection never touches the learner's tensors
+        assert torch.equal(v, before[k])
     if corrupt:
         assert err and "v4" in err[0] and "bucket 0" in err[0]
         assert not (first & set(got)) and set(got) == {k for k, _ in named} - first

@@ -11,6 +11,7 @@ import ray
 
 from ..cluster import classify, error_text
 from ..errors import LearnerFailed
+from ..sync.weights import bucket_mb_for
 from .pools import Pools
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class WeightBroadcast:
     def __init__(self, cfg, pools: Pools, host: str):
         self.cfg, self.pools, self.host = cfg, pools, host
         self.backend = sync_backend(cfg)
+        self.bucket_mb = bucket_mb_for(self.backend, cfg.sync.bucket_mb)
         self.version = 0  # what the engines serve: the base model until the first sync
         self.resyncs = 0
         self.rebuild_group()
@@ -54,7 +56,7 @@ class WeightBroadcast:
         s, p = self.cfg.sync, self.pools
         t = s.timeout_s
         try:
-            plans = ray.get([l.prepare_sync.remote(version, s.bucket_mb, self.cfg.learner.freeze_vision_tower)
+            plans = ray.get([l.prepare_sync.remote(version, self.bucket_mb, self.cfg.learner.freeze_vision_tower)
                              for l in p.learners], timeout=t)
         except Exception as e:
             if classify(e) in ("dead", "stuck"):  # the learner side is broken, not an engine

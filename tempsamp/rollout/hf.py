@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..models.loading import load_model, load_processor
 from ..models.policy import PromptInputs, build_inputs, generate, special_ids
-from ..sync.weights import SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
+from ..sync.weights import IN_FLIGHT, BufferRing, SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
 from .base import RolloutGroup, SamplingSpec, request_seed
 
 
@@ -32,6 +32,7 @@ class HFEngine:
         self.eos_id, self.pad_id = special_ids(self.processor.tokenizer)
         self.name, self.version, self.device = name, 0, device
         self._pg = None
+        self._ring = BufferRing(IN_FLIGHT + 1)  # receive buffers reused across syncs (load_into_hf copies)
 
     def inputs(self, prompt_text: str, video) -> PromptInputs:
         return build_inputs(self.processor, prompt_text, video)
@@ -49,7 +50,7 @@ class HFEngine:
         if self._pg is None:
             raise WeightSyncError(f"{self.name}: weight group not initialised")
         n = 0
-        for named in receive_plan(self._pg, plan, device=self.device):
+        for named in receive_plan(self._pg, plan, device=self.device, ring=self._ring):
             n += load_into_hf(self.model, named)
         self.version = plan.version
         return {"version": plan.version, "tensors": n}

@@ -20,7 +20,7 @@ import time
 import msgspec
 import torch
 
-from ..sync.weights import SyncPlan, WeightSyncError, make_group, receive_plan
+from ..sync.weights import IN_FLIGHT, BufferRing, SyncPlan, WeightSyncError, make_group, receive_plan
 from .base import RolloutGroup, SamplingSpec, request_seed
 from .health import EngineDead, EngineRequestError, OutputTail, exit_description, root_cause
 
@@ -83,7 +83,9 @@ class WeightSyncExtension:
         model = self.model_runner.model
         dev = next(model.parameters()).device
         n = 0
-        for named in receive_plan(self._ts_pg, plan, device=dev):
+        if getattr(self, "_ts_ring", None) is None:  # receive buffers reused across syncs (load_weights copies)
+            self._ts_ring = BufferRing(IN_FLIGHT + 1)
+        for named in receive_plan(self._ts_pg, plan, device=dev, ring=self._ts_ring):
             model.load_weights(weights=named)
             n += len(named)
         self._ts_version = plan.version

@@ -2,20 +2,31 @@
 
 One process group (learner rank 0 + one rank per rollout worker) separate from the learner's own
 FSDP group, built from a TCPStore + PrefixStore; NCCL on CUDA, gloo on CPU — same code.
-Tensors of any dtype are packed as raw bytes into flat uint8 buckets of `bucket_mb`, so one
-collective moves many tensors; every bucket carries a checksum, every sync a version.
+Tensors of any dtype are laid out as raw bytes in flat uint8 buckets of `bucket_mb`; every bucket
+carries a checksum, every sync a version. Two wires (`SyncPlan.wire`, chosen from the sender's device):
+
+- `packed` (CUDA tensors, NCCL): each bucket is packed into one buffer and moved by one collective
+  (packing on the GPU is cheap, many small collectives are not).
+- `per_tensor` (CPU tensors, gloo): each tensor is broadcast straight from its own storage into its
+  slot of the receiver's bucket buffer; the bucket stays the unit of checksum, version and flow
+  control. Measured on gloo (benchmarks/sync.py, RESULTS.md): packing a CPU bucket costs a copy at
+  ~3.5 GB/s, more than the loopback transfer itself, and a freshly allocated buffer page-faults at
+  < 1 GB/s, so the zero-copy wire into reused receive buffers is the fast one.
+
+Checksums: xxh3-64 on CPU (xxhash, ~10 GB/s here; zlib's crc32 was 2.3 GB/s and showed up in the
+sync time), a position-weighted word sum on CUDA (no host copy).
 """
 
 from __future__ import annotations
 
 import socket
-import zlib
 from datetime import timedelta
 from typing import Iterable
 
 import msgspec
 import torch
 import torch.distributed as dist
+import xxhash
 
 from ..models.names import memory_name
 
@@ -38,9 +49,13 @@ class BucketSpec(msgspec.Struct, frozen=True):
     tensors: tuple[TensorSpec, ...]
 
 
+WIRES = ("packed", "per_tensor")
+
+
 class SyncPlan(msgspec.Struct, frozen=True):
     version: int
     buckets: tuple[BucketSpec, ...]
+    wire: str = "packed"  # packed | per_tensor (see the module docstring)
 
     @property
     def nbytes(self) -> int:
@@ -80,11 +95,26 @@ def make_group(host: str, port: int, rank: int, world_size: int, backend: str = 
     return pg, store
 
 
+# bucket size per backend, chosen from benchmarks/sync.py (RESULTS.md, "sync — bucket sweep"): on gloo the
+# per-tensor wire is flat from 8 to 256 MB buckets, and smaller buckets hold less memory in flight;
+# NCCL is not measured here (needs two GPUs) and keeps the 256 MB of before.
+BUCKET_MB = {"gloo": 32, "nccl": 256}
+
+
+def bucket_mb_for(backend: str, configured: int = 0) -> int:
+    """sync.bucket_mb when set (> 0), else the measured default of `backend`."""
+    if configured > 0:
+        return configured
+    if backend not in BUCKET_MB:
+        raise ValueError(f"unknown weight-sync backend {backend!r} (known: {', '.join(BUCKET_MB)})")
+    return BUCKET_MB[backend]
+
+
 def checksum(buf: torch.Tensor) -> int:
-    """CRC32 of the bucket bytes on CPU (~GB/s); on GPU a position-weighted sum over int32 words
-    (no host copy). Catches corruption, truncation and reordering."""
+    """xxh3-64 of the bucket bytes on CPU; on GPU a position-weighted sum over int32 words (no host
+    copy). Catches corruption, truncation and reordering."""
     if buf.device.type == "cpu":
-        return zlib.crc32(buf.view(torch.uint8).numpy())
+        return xxhash.xxh3_64_intdigest(buf.view(torch.uint8).numpy())
     n = buf.numel() // 4 * 4
     words = buf[:n].view(torch.int32).to(torch.int64)
     w = torch.arange(words.numel(), device=buf.device, dtype=torch.int64) % 65521 + 1
@@ -92,8 +122,38 @@ def checksum(buf: torch.Tensor) -> int:
     return int(((words * w).sum() + tail).item()) & 0xFFFFFFFFFFFF
 
 
+def parts_checksum(parts: Iterable[torch.Tensor]) -> int:
+    """Checksum of the per_tensor wire: xxh3-64 over the tensors' bytes in order (no padding), the
+    same value whether taken over the sender's tensors or the receiver's bucket slices."""
+    h = xxhash.xxh3_64()
+    for p in parts:
+        if p.numel():
+            h.update(p.detach().view(torch.uint8).reshape(-1).cpu().numpy())
+    return h.intdigest()
+
+
 def to_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+class BufferRing:
+    """`slots` reusable bucket buffers handed out in turn. A buffer freshly allocated for every bucket
+    page-faults while it is filled (measured < 1 GB/s here); a ring touches its pages once. The caller
+    must be done with buffer k before it takes buffer k + slots."""
+
+    def __init__(self, slots: int):
+        self.slots = max(1, slots)
+        self._bufs: list[torch.Tensor | None] = [None] * self.slots
+        self._next = 0
+
+    def take(self, nbytes: int, device: torch.device | str) -> torch.Tensor:
+        i = self._next % self.slots
+        self._next += 1
+        b = self._bufs[i]
+        if b is None or b.numel() < nbytes or b.device != torch.device(device):
+            b = self._bufs[i] = None  # free the old one before allocating its replacement
+            b = self._bufs[i] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        return b[:nbytes]
 
 
 STREAMED = -1  # BucketSpec.checksum: the checksum follows its bucket on the wire (see send_streaming)
@@ -101,12 +161,18 @@ IN_FLIGHT = 3  # buckets posted ahead: transfer of bucket i+1.. overlaps the che
 
 
 def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
-                 version: int) -> tuple[SyncPlan, list[list[torch.Tensor]]]:
+                 version: int, wire: str = "auto") -> tuple[SyncPlan, list[list[torch.Tensor]]]:
     """Layout of the buckets (each <= bucket_bytes unless one tensor is larger; every tensor starts
     16-byte aligned so its bytes can be viewed as its dtype) without copying anything, and the tensors
-    of each bucket in order. Every bucket's checksum is STREAMED: `send_streaming` packs each bucket
-    and sends its checksum right after it. (`receive_plan` also accepts a plan whose buckets carry
-    their checksum in the plan itself; then no checksum follows on the wire.)"""
+    of each bucket in order. Every bucket's checksum is STREAMED: `send_streaming` sends each bucket
+    and its checksum right after it. (`receive_plan` also accepts a plan whose buckets carry their
+    checksum in the plan itself; then no checksum follows on the wire.) `wire` auto = per_tensor for
+    CPU tensors, packed otherwise."""
+    named = list(named)
+    if wire == "auto":
+        wire = "per_tensor" if all(t.device.type == "cpu" for _, t in named) else "packed"
+    if wire not in WIRES:
+        raise ValueError(f"unknown wire {wire!r} (known: {', '.join(WIRES)})")
     buckets: list[BucketSpec] = []
     groups: list[list[torch.Tensor]] = []
     cur: list[tuple[str, torch.Tensor]] = []
@@ -133,35 +199,63 @@ def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
         cur.append((name, t))
         cur_bytes += n
     flush()
-    return SyncPlan(version=version, buckets=tuple(buckets)), groups
+    return SyncPlan(version=version, buckets=tuple(buckets), wire=wire), groups
 
 
-def fill_bucket(spec: BucketSpec, tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Copy a bucket's tensors into one flat uint8 buffer at their planned offsets."""
-    buf = torch.zeros(spec.nbytes, dtype=torch.uint8, device=tensors[0].device)
+def fill_bucket(spec: BucketSpec, tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy a bucket's tensors into one flat uint8 buffer (`out`, or a new one) at their planned
+    offsets; the alignment gaps are zeroed, so the bytes depend on the tensors only."""
+    buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=tensors[0].device) if out is None else out
+    end = 0
     for ts, t in zip(spec.tensors, tensors):
+        if ts.offset > end:
+            buf[end: ts.offset].zero_()
         buf[ts.offset: ts.offset + ts.nbytes].copy_(to_bytes(t))
+        end = ts.offset + ts.nbytes
     return buf
 
 
+def _int64(x: int, device) -> torch.Tensor:
+    """A checksum as one int64 tensor (xxh3 is unsigned 64-bit: stored as its two's complement)."""
+    return torch.tensor([x - (1 << 64) if x >= 1 << 63 else x], dtype=torch.int64, device=device)
+
+
+def _uint(t: torch.Tensor) -> int:
+    return int(t.item()) & 0xFFFFFFFFFFFFFFFF
+
+
 def send_streaming(pg, plan: SyncPlan, groups: list[list[torch.Tensor]], corrupt: bool = False) -> None:
-    """Rank 0: pack bucket i, post its broadcast, checksum it while it travels, post the checksum,
-    pack bucket i+1 ... so packing and checksumming overlap the transfer. `corrupt` (fault injection)
-    flips a byte of bucket 0 after its checksum was taken."""
-    works = []
+    """Rank 0: for each bucket post its broadcast(s), checksum it while it travels, post the
+    checksum, go on to the next bucket, with at most IN_FLIGHT buckets unfinished. packed wire: the
+    bucket is packed first (one collective); per_tensor wire: every tensor goes from its own storage
+    (no copy). `corrupt` (fault injection) sends bucket 0 with one byte flipped after its checksum was
+    taken (the learner's tensors are never modified)."""
+    works: list[list] = []
     for i, (spec, tensors) in enumerate(zip(plan.buckets, groups)):
-        buf = fill_bucket(spec, tensors)
-        crc = checksum(buf)
-        if corrupt and i == 0:
-            buf[0] ^= 0xFF
-        works.append((pg.broadcast(buf, 0), buf))
-        works.append((pg.broadcast(torch.tensor([crc], dtype=torch.int64, device=buf.device), 0), None))
-        if len(works) > 2 * IN_FLIGHT:  # bound the memory held by buckets in flight
-            for w, _ in works[: 2]:
+        if plan.wire == "per_tensor":
+            parts = [to_bytes(t) for t in tensors]
+            crc = parts_checksum(parts)
+            if corrupt and i == 0:
+                j = next(k for k, p in enumerate(parts) if p.numel())
+                parts[j] = parts[j].clone()
+                parts[j][0] ^= 0xFF
+            bucket_works = [pg.broadcast(p, 0) for p in parts if p.numel()]
+            dev = parts[0].device
+        else:
+            buf = fill_bucket(spec, tensors)
+            crc = checksum(buf)
+            if corrupt and i == 0:
+                buf[0] ^= 0xFF
+            bucket_works = [pg.broadcast(buf, 0)]
+            parts, dev = [buf], buf.device
+        bucket_works.append(pg.broadcast(_int64(crc, dev), 0))
+        works.append([bucket_works, parts])  # parts keep the packed/cloned buffers alive until sent
+        if len(works) > IN_FLIGHT:  # bound the memory held by buckets in flight
+            for w in works.pop(0)[0]:
                 w.wait()
-            works = works[2:]
-    for w, _ in works:
-        w.wait()
+    for bucket_works, _ in works:
+        for w in bucket_works:
+            w.wait()
 
 
 def unpack_bucket(spec: BucketSpec, buf: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -173,12 +267,19 @@ def unpack_bucket(spec: BucketSpec, buf: torch.Tensor) -> list[tuple[str, torch.
 
 
 def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify: bool = True,
-                 in_flight: int = IN_FLIGHT):
+                 in_flight: int = IN_FLIGHT, ring: BufferRing | None = None):
     """Receiver side: yields (name, tensor) lists bucket by bucket as they arrive, with up to
     `in_flight` buckets posted ahead so verifying and loading one overlaps receiving the next.
     A bucket whose checksum differs is not yielded (never loaded); the remaining buckets are still
     received so the collective stays in step with the sender, then WeightSyncError names the bad
-    buckets and the caller re-syncs the whole version."""
+    buckets and the caller re-syncs the whole version.
+
+    The yielded tensors are views of the bucket buffer. Without `ring` every bucket gets a new buffer
+    (the views stay valid); with a `ring` of at least in_flight + 1 slots (kept across syncs by an
+    engine) buffers are reused, so the caller must copy what it keeps before asking for the next
+    bucket — what `load_weights` / `load_into_hf` do."""
+    if ring is not None and ring.slots < in_flight + 1:
+        raise ValueError(f"receive_plan: a ring of {ring.slots} slots needs in_flight <= {ring.slots - 1}")
     bad = []
     pending: list = []
     nxt = 0
@@ -186,27 +287,35 @@ def receive_plan(pg, plan: SyncPlan, device: torch.device | str = "cpu", verify:
     def post():
         nonlocal nxt
         spec = plan.buckets[nxt]
-        buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
-        work = pg.broadcast(buf, 0)
-        crc_t = crc_work = None
+        if ring is None:
+            buf = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
+        else:
+            buf = ring.take(spec.nbytes, device)
+        if plan.wire == "per_tensor":
+            works = [pg.broadcast(buf[ts.offset: ts.offset + ts.nbytes], 0) for ts in spec.tensors if ts.nbytes]
+        else:
+            works = [pg.broadcast(buf, 0)]
+        crc_t = None
         if spec.checksum == STREAMED:
             crc_t = torch.zeros(1, dtype=torch.int64, device=device)
-            crc_work = pg.broadcast(crc_t, 0)
-        pending.append((nxt, spec, buf, work, crc_t, crc_work))
+            works.append(pg.broadcast(crc_t, 0))
+        pending.append((nxt, spec, buf, works, crc_t))
         nxt += 1
 
     while nxt < len(plan.buckets) and len(pending) < max(1, in_flight):
         post()
     while pending:
-        i, spec, buf, work, crc_t, crc_work = pending.pop(0)
-        work.wait()
-        if crc_work is not None:
-            crc_work.wait()
+        i, spec, buf, works, crc_t = pending.pop(0)
+        for w in works:
+            w.wait()
         if nxt < len(plan.buckets):
             post()
         if verify:
-            want = int(crc_t.item()) if crc_t is not None else spec.checksum
-            got = checksum(buf)
+            want = _uint(crc_t) if crc_t is not None else spec.checksum
+            if plan.wire == "per_tensor":
+                got = parts_checksum(buf[ts.offset: ts.offset + ts.nbytes] for ts in spec.tensors)
+            else:
+                got = checksum(buf)
             if got != want:
                 bad.append(f"bucket {i} checksum {got} != {want}")
                 continue
