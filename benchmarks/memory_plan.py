@@ -11,7 +11,7 @@ prompt/video/response token counts, one rank, no runtime reserve (CPU). Error = 
 for the total and for what the step adds on top of parameters and AdamW state (gradients, activations,
 logits, the vision tower's transient: the part the formulas model).
 
-    python benchmarks/memory_plan.py [--families qwen2_5_vl,qwen3_vl,qwen3_5] [--hidden 512 --layers 4]
+    python benchmarks/memory_plan.py [--families qwen2_5_vl,qwen3_vl,qwen3_5] [--hidden 128 --layers 8]
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def worker(model_dir: str, video: str, frames: int, pixels: int, n: int, respons
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--families", default="qwen2_5_vl,qwen3_vl,qwen3_5")
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=128, help="128 for qwen2_5_vl: tiny_config's M-RoPE sections fix its head dim at 32")
+    ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--pixels", type=int, default=150528, help="pixels per frame (16 x 448 x 336 -> ~1,500 tokens)")
     ap.add_argument("--n", type=int, default=4)

@@ -226,26 +226,30 @@ def learner_memory(s: ModelShape, *, dtype_bytes: int, ranks: int, fsdp: bool, m
             (s.params_root + 3 * s.params_layer_max + root_trainable) * b)
     tokens, rows, copies = micro_batch(prompt_tokens, response_tokens, n, micro_batch_tokens, shared_prefix)
     total_layers, largest = lm_activation_bytes(s, b)
-    if gradient_checkpointing:  # every layer's input kept; one layer recomputed, its gradients alongside
-        act = tokens * (s.layers * s.hidden * b + 2 * largest)
-    else:
-        act = tokens * (total_layers + largest)
-    parts["activations"] = int(act + tokens * s.hidden * b * 2)  # + embeddings and final norm
-    if s.tied_embeddings:  # lm_head's and the embedding's gradients meet in one tensor: one extra copy
-        parts["tied embedding gradient"] = s.vocab * s.hidden * b
-    # logits at the response positions only: model dtype, float32 copy, log-softmax, its gradient
-    parts["logits"] = int(rows * response_tokens * s.vocab * (b + 12))
     vt = prompt_tokens if video_tokens is None else video_tokens
     patches = vt * s.merge ** 2 * copies
-    vh, vi = s.vision_hidden, s.vision_intermediate
-    vblock = b * (8 * vh + 3 * vi)  # qkv, attention out, norms, MLP
-    pixels = patches * s.vision_patch_dim * (4 + b)  # processor float32 + model-dtype copy
-    vision = patches * vblock * (s.vision_depth if not freeze_vision else 1) + pixels
-    parts["vision tower" + (" (frozen: transient)" if freeze_vision else " (trained)")] = int(vision)
+    vblock = b * (8 * s.vision_hidden + 3 * s.vision_intermediate)  # qkv, attention out, norms, MLP per patch
+    # the processor's float32 pixels (one copy per row unshared) stay alive through the step, + a cast copy
+    parts["video pixels"] = patches * s.vision_patch_dim * (4 + (b if b != 4 else 0))
+    if not freeze_vision:  # a trained tower keeps every block's activations until its backward
+        parts["vision tower activations (trained)"] = patches * vblock * s.vision_depth
+    # The rest is the largest of the step's phases, which do not overlap in time:
+    embed = tokens * s.hidden * b * 2  # inputs_embeds + final norm
+    saved = tokens * s.layers * s.hidden * b if gradient_checkpointing else tokens * total_layers
+    logits = rows * response_tokens * s.vocab * (b + (4 if b != 4 else 0) + 4)  # + float32 copy, log-softmax
+    phases = {
+        "vision forward": patches * vblock if freeze_vision else 0,  # one frozen block's transient
+        "logits + saved activations": saved + embed + logits,  # end of forward / start of backward
+        "layer backward": saved + embed + 2 * tokens * largest,  # one layer (recomputed) and its gradients
+        "tied embedding gradient": s.vocab * s.hidden * b if s.tied_embeddings else 0,  # end of backward
+    }
+    peak = max(phases, key=phases.get)
+    parts["activations (largest phase)"] = int(phases[peak])
     if reserve_gib:
         parts["runtime reserve"] = int(reserve_gib * GiB)
     notes = {"tokens": f"{tokens} LM tokens, {rows} response row{'' if rows == 1 else 's'}, "
-                       f"{copies} video cop{'y' if copies == 1 else 'ies'}"}
+                       f"{copies} video cop{'y' if copies == 1 else 'ies'}",
+             "phases": ", ".join(f"{k} {v / GiB:.2f}" for k, v in phases.items())}
     return Estimate(parts, notes)
 
 
@@ -395,6 +399,8 @@ def format_memory(plan: MemoryPlan) -> str:
         for shared in (True, False):
             n = _scenario(True, shared)
             lines.append(f"micro-batch {'shared prefix' if shared else 'prefix per row'}: {learner.columns[n].notes['tokens']}")
+    if learner is not None:
+        lines.append(f"activation phases of this config (GiB): {learner.columns[learner.chosen].notes['phases']}")
     lines.append("ckpt = learner.gradient_checkpointing, shared = learner.shared_prefix; * = this config. "
                  "How it is estimated: tempsamp/placement/memory.py; checked against measured peaks: "
                  "benchmarks/RESULTS.md (memory_plan).")

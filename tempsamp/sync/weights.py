@@ -95,10 +95,11 @@ def make_group(host: str, port: int, rank: int, world_size: int, backend: str = 
     return pg, store
 
 
-# bucket size per backend, chosen from benchmarks/sync.py (RESULTS.md, "sync — bucket sweep"): on gloo the
-# per-tensor wire is flat from 8 to 256 MB buckets, and smaller buckets hold less memory in flight;
-# NCCL is not measured here (needs two GPUs) and keeps the 256 MB of before.
-BUCKET_MB = {"gloo": 32, "nccl": 256}
+# bucket size per backend, chosen from benchmarks/sync.py (RESULTS.md, sync 2026-11-29): on gloo the
+# per_tensor wire ran 2.3-2.5 GB/s with 64 MB buckets, within noise of 256 MB and ahead of 32 MB, and a
+# receiver's ring holds IN_FLIGHT + 1 buckets; NCCL is not measured here (needs two GPUs) and keeps the
+# 256 MB of before.
+BUCKET_MB = {"gloo": 64, "nccl": 256}
 
 
 def bucket_mb_for(backend: str, configured: int = 0) -> int:
@@ -224,6 +225,9 @@ def _uint(t: torch.Tensor) -> int:
     return int(t.item()) & 0xFFFFFFFFFFFFFFFF
 
 
+_SEND_RING = BufferRing(IN_FLIGHT + 1)  # packed wire on CPU: the sender's bucket buffers, kept across syncs
+
+
 def send_streaming(pg, plan: SyncPlan, groups: list[list[torch.Tensor]], corrupt: bool = False) -> None:
     """Rank 0: for each bucket post its broadcast(s), checksum it while it travels, post the
     checksum, go on to the next bucket, with at most IN_FLIGHT buckets unfinished. packed wire: the
@@ -234,19 +238,25 @@ def send_streaming(pg, plan: SyncPlan, groups: list[list[torch.Tensor]], corrupt
     for i, (spec, tensors) in enumerate(zip(plan.buckets, groups)):
         if plan.wire == "per_tensor":
             parts = [to_bytes(t) for t in tensors]
-            crc = parts_checksum(parts)
+            wire = list(parts)
             if corrupt and i == 0:
                 j = next(k for k, p in enumerate(parts) if p.numel())
-                parts[j] = parts[j].clone()
-                parts[j][0] ^= 0xFF
-            bucket_works = [pg.broadcast(p, 0) for p in parts if p.numel()]
-            dev = parts[0].device
+                wire[j] = parts[j].clone()
+                wire[j][0] ^= 0xFF
+            bucket_works = [pg.broadcast(p, 0) for p in wire if p.numel()]
+            crc = parts_checksum(parts)  # read while the bytes travel (broadcast only reads them too)
+            parts, dev = wire, parts[0].device
         else:
-            buf = fill_bucket(spec, tensors)
-            crc = checksum(buf)
+            dev = tensors[0].device
+            out = _SEND_RING.take(spec.nbytes, dev) if dev.type == "cpu" else None  # CUDA: the caching allocator
+            buf = fill_bucket(spec, tensors, out)
             if corrupt and i == 0:
+                crc = checksum(buf)
                 buf[0] ^= 0xFF
-            bucket_works = [pg.broadcast(buf, 0)]
+                bucket_works = [pg.broadcast(buf, 0)]
+            else:
+                bucket_works = [pg.broadcast(buf, 0)]
+                crc = checksum(buf)  # while it travels
             parts, dev = [buf], buf.device
         bucket_works.append(pg.broadcast(_int64(crc, dev), 0))
         works.append([bucket_works, parts])  # parts keep the packed/cloned buffers alive until sent
