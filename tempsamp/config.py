@@ -234,7 +234,7 @@ class PlacementConfig(_S):
 
 class SyncConfig(_S):
     # weight-sync bucket size; 0 = the measured default of the backend (tempsamp/sync/weights.py BUCKET_MB:
-    # gloo 32, nccl 256)
+    # gloo 64, nccl 256)
     bucket_mb: int = 0
     # auto = nccl when placement.use_gpus, else gloo (env TEMPSAMP_FORCE_GLOO=1 sets gloo)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
