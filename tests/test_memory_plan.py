@@ -56,6 +56,8 @@ def test_learner_estimate_arithmetic(shapes):
     assert micro_batch(20480, 256, 8, 32768, shared_prefix=False) == (20736, 1, 1)
     assert micro_batch(2000, 64, 8, 32768, shared_prefix=False) == (8 * 2064, 8, 8)
     assert micro_batch(20480, 256, 8, 32768, shared_prefix=True) == (20480 + 8 * 256, 8, 1)
+    # shared but not packed (linear attention, flash-attention 2): whole rows, the video once
+    assert micro_batch(2000, 64, 8, 32768, shared_prefix=True, packed=False) == (8 * 2064, 8, 1)
     kw = dict(dtype_bytes=2, fsdp=True, micro_batch_tokens=32768, prompt_tokens=2000, response_tokens=64, n=8,
               shared_prefix=False, freeze_vision=True, use_kl=False)
     one, four = (learner_memory(s, ranks=r, gradient_checkpointing=True, **kw) for r in (1, 4))

@@ -19,8 +19,9 @@ else is pure arithmetic on that `ModelShape`, tested without Ray or a GPU:
 
 Micro-batch tokens (learner.micro_batch_tokens = T, prompt P = data.max_prompt_length, response
 R = rollout.max_new_tokens, n = rollout.n): unshared, a micro-batch holds rows = clamp(T // (P + R), 1, n)
-whole rows, each with its own copy of the video; with `learner.shared_prefix` one prefix of P tokens and
-k = clamp((T - P) // R, 1, n) responses, the video encoded once.
+whole rows, each with its own copy of the video; with `learner.shared_prefix` packed (full attention,
+sdpa/eager) one prefix of P tokens and k = clamp((T - P) // R, 1, n) responses; shared but not packed
+(Qwen3.5's linear attention, flash-attention 2: learner/step.py) whole rows as unshared, the video once.
 
 Per-token activation sizes are counted tensor by tensor (what autograd saves in a decoder layer with
 flash/SDPA attention, no P x P scores); they are estimates, validated against measured peaks of the tiny
@@ -196,8 +197,14 @@ def lm_activation_bytes(s: ModelShape, b: int) -> tuple[float, float]:
     return full * s.full_attention_layers + lin * s.linear_attention_layers, max(full, lin)
 
 
-def micro_batch(prompt: int, response: int, n: int, micro_batch_tokens: int, shared_prefix: bool) -> tuple[int, int, int]:
-    """(LM tokens, response rows, video copies) of one micro-batch (see the module docstring)."""
+def micro_batch(prompt: int, response: int, n: int, micro_batch_tokens: int, shared_prefix: bool,
+                packed: bool = True) -> tuple[int, int, int]:
+    """(LM tokens, response rows, video copies) of one micro-batch (see the module docstring). A shared
+    prefix that is not `packed` (learner/step.py: linear-attention layers or flash-attention 2) encodes
+    the video once but still runs every row's prompt through the LM."""
+    if shared_prefix and not packed:
+        rows = min(n, max(1, micro_batch_tokens // max(prompt + response, 1)))
+        return rows * (prompt + response), rows, 1
     if shared_prefix:
         k = min(n, max(1, (micro_batch_tokens - prompt) // max(response, 1)))
         return prompt + k * response, k, 1
@@ -208,7 +215,7 @@ def micro_batch(prompt: int, response: int, n: int, micro_batch_tokens: int, sha
 def learner_memory(s: ModelShape, *, dtype_bytes: int, ranks: int, fsdp: bool, micro_batch_tokens: int,
                    prompt_tokens: int, response_tokens: int, n: int, gradient_checkpointing: bool,
                    shared_prefix: bool, freeze_vision: bool, use_kl: bool, video_tokens: int | None = None,
-                   reserve_gib: float = RUNTIME_RESERVE_GIB) -> Estimate:
+                   reserve_gib: float = RUNTIME_RESERVE_GIB, packed: bool = True) -> Estimate:
     """One learner rank's peak (bytes), by part."""
     b = dtype_bytes
     shard = ranks if (fsdp and ranks > 1) else 1
@@ -224,7 +231,7 @@ def learner_memory(s: ModelShape, *, dtype_bytes: int, ranks: int, fsdp: bool, m
         root_trainable = s.params_root - (s.params_vision if freeze_vision else 0)
         parts["FSDP2 gathered (root + 2 layers, 1 layer's grads)"] = (
             (s.params_root + 3 * s.params_layer_max + root_trainable) * b)
-    tokens, rows, copies = micro_batch(prompt_tokens, response_tokens, n, micro_batch_tokens, shared_prefix)
+    tokens, rows, copies = micro_batch(prompt_tokens, response_tokens, n, micro_batch_tokens, shared_prefix, packed)
     total_layers, largest = lm_activation_bytes(s, b)
     vt = prompt_tokens if video_tokens is None else video_tokens
     patches = vt * s.merge ** 2 * copies
@@ -318,6 +325,11 @@ def memory_plan(cfg, shape: ModelShape) -> MemoryPlan:
     gpu = int(p.gpu_memory_gib * GiB)
     shared_cfg = bool(getattr(lc, "shared_prefix", True))
     learner_cap = int(gpu * (1 - r.gpu_memory_utilization)) if p.colocate else gpu
+    # the shared prefix packs the prompt once through the LM only with full attention and sdpa/eager
+    # (models/shared_prefix.py); on a GPU "auto" attention is flash-attention 2 (the gpu extra has it)
+    attn = cfg.model.attn_implementation
+    attn = ("flash_attention_2" if p.use_gpus else "sdpa") if attn == "auto" else attn
+    packed = shape.linear_attention_layers == 0 and attn in ("sdpa", "eager")
     cols = {}
     for ckpt in (True, False):
         for shared in (True, False):
@@ -325,7 +337,7 @@ def memory_plan(cfg, shape: ModelShape) -> MemoryPlan:
                 shape, dtype_bytes=b, ranks=lc.num_ranks, fsdp=lc.fsdp, micro_batch_tokens=lc.micro_batch_tokens,
                 prompt_tokens=cfg.data.max_prompt_length, response_tokens=r.max_new_tokens, n=r.n,
                 gradient_checkpointing=ckpt, shared_prefix=shared, freeze_vision=lc.freeze_vision_tower,
-                use_kl=cfg.algorithm.use_kl)
+                use_kl=cfg.algorithm.use_kl, packed=packed)
     chosen = _scenario(lc.gradient_checkpointing, shared_cfg)
     roles = [RoleMemory("learner", cols, chosen, learner_cap, max(0, cols[chosen].total - learner_cap),
                         "learner.micro_batch_tokens, learner.num_ranks, learner.gradient_checkpointing, "
