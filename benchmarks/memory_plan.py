@@ -100,7 +100,7 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(model_dir, video, a.frames, a.pixels, a.n, a.response, ckpt == "1")))
         return
 
-    from _common import machine, workdir
+    from _common import append_results, machine, workdir
 
     from tempsamp.data.records import read_records
     from tempsamp.data.synthetic import generate
@@ -143,10 +143,7 @@ def main() -> None:
         lines.append(f"| {fam} | {'on' if ckpt else 'off'} | {m['prompt_tokens']} ({m['video_tokens']}) | "
                      f"{m['measured'] / 2**20:.0f} | {est.total / 2**20:.0f} | {est.total / m['measured'] - 1:+.0%} | "
                      f"{m['step_bytes'] / 2**20:.0f} | {est_step / 2**20:.0f} | {est_step / m['step_bytes'] - 1:+.0%} |")
-    lines.append("")
-    print("\n".join(lines))
-    with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_results(lines)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from _common import append_results
 
 
 def model_like(total_mb: int, seed: int = 0) -> list[tuple[str, torch.Tensor]]:
@@ -183,10 +183,7 @@ def main() -> None:
             f"{k} {v:.2f}" for k, v in breakdown().items()))
     if a.note:
         lines.append(a.note)
-    lines.append("")
-    print("\n".join(lines))
-    with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_results(lines)
 
 
 if __name__ == "__main__":
