@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tempsamp-installed
 
-.PHONY: env demo test bench clean-env
+.PHONY: env sysdeps demo test bench clean-env
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	PY=$(PY) bash scripts/setup_env.sh $(VENV)
@@ -12,10 +12,14 @@ $(STAMP): pyproject.toml scripts/setup_env.sh
 
 env: $(STAMP)
 
+# Debian packages the tests need (prometheus, chromium); installs only what is missing
+sysdeps:
+	bash scripts/system_packages.sh
+
 demo: $(STAMP)
 	$(BIN)/tempsamp demo --out outputs/demo
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q --timeout 900 --durations=15 tests
 
 bench: $(STAMP)
