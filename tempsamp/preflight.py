@@ -199,7 +199,10 @@ def train_failures(cfg, env: dict | None = None, free_bytes: int | None = None) 
             out += check_readable_dir(d.preprocessed_video_dir, "data.preprocessed_video_dir")
         if d.rebuild_cache:
             out += check_writable_dir(d.preprocessed_video_dir, "data.preprocessed_video_dir")
-    if cfg.eval.val_freq:
+    # the synthetic set (its bench folder included) is generated before training, so it need not exist yet
+    synth_bench = not d.train_files and d.synthetic_dir and \
+        Path(cfg.eval.bench_dir).absolute() == (Path(d.synthetic_dir) / "bench").absolute()
+    if cfg.eval.val_freq and not synth_bench:
         out += check_readable_dir(cfg.eval.bench_dir, "eval.bench_dir")
     if c.save_freq and model_ok:
         try:

@@ -64,6 +64,17 @@ def test_every_failure_is_one_line_naming_the_path_and_all_come_together(tmp_pat
     assert str(e.value).count("\n  - ") == 8 and "nothing was started" in str(e.value)
 
 
+def test_validation_on_the_synthetic_bench_that_training_generates(tmp_path):
+    """The demo config + eval.val_freq: the bench folder under data.synthetic_dir is written by the run
+    itself, so it is not missing yet; any other missing bench folder is."""
+    synth = [f"trainer.log_dir={tmp_path / 'logs'}", "checkpoint.resume=never", f"data.synthetic_dir={tmp_path / 's'}",
+             "eval.val_freq=2"]
+    cfg = load_config(None, [*synth, f"eval.bench_dir={tmp_path / 's' / 'bench'}"], env={})
+    assert train_failures(cfg, env={}) == []
+    cfg = load_config(None, [*synth, f"eval.bench_dir={tmp_path / 'other'}"], env={})
+    assert train_failures(cfg, env={}) == [f"eval.bench_dir {tmp_path / 'other'}: not found"]
+
+
 def test_model_folder_without_config_or_weights(tmp_path):
     m = tmp_path / "m"
     m.mkdir()
