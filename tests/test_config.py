@@ -300,6 +300,7 @@ def test_cache_mode_from_data_config():
     ("algorithm.mis_high=0.9", "mis_low / mis_high must bracket 1"),
     ("trainer.preempt_grace_s=-1", r"trainer.preempt_grace_s must be >= 0 \(got -1.0\)"),
     ("trainer.max_learner_restarts=-1", r"trainer.max_learner_restarts must be >= 0 \(got -1\)"),
+    ("sync.bucket_mb=-1", r"sync.bucket_mb must be >= 0 \(0 = the backend's measured default\), got -1"),
 ])
 def test_range_rules_are_refused_with_the_key_named(override, match):
     with pytest.raises(ConfigError, match=match):
