@@ -179,3 +179,43 @@ def _save(fig, plt, png: str | Path, tight: bool = True) -> Path:
         fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     return png
+
+
+def _moving_mean(vals: Sequence[float], window: int) -> list[float]:
+    out, acc = [], []
+    for v in vals:
+        acc.append(v)
+        out.append(sum(acc[-window:]) / len(acc[-window:]))
+    return out
+
+
+def seed_band_curves(panels: dict[str, dict[str, list[list[dict]]]], keys: Sequence[tuple[str, str]],
+                     png: str | Path, smooth: int = 5, title: str = "") -> Path:
+    """Mean curve over seeds with a ±1 std band, per arm; one row of panels per group (e.g. the ablation's
+    start), one column per (row key, title). `panels`: group -> arm -> one list of step rows per seed.
+    Each seed's curve is first smoothed by a trailing `smooth`-step mean. Returns the PNG path."""
+    if not panels or not keys:
+        raise PlotError("nothing to plot: no runs or no metrics")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), len(keys), figsize=(4.2 * len(keys), 3.3 * len(panels)), squeeze=False)
+    for row_axes, (group, arms) in zip(axes, panels.items()):
+        for ax, (key, name) in zip(row_axes, keys):
+            for arm, seeds in arms.items():
+                curves = [_moving_mean([float(r[key]) for r in rows], smooth) for rows in seeds if rows]
+                if not curves:
+                    continue
+                n = min(len(c) for c in curves)
+                steps = [r["step"] for r in seeds[0][:n]]
+                cols = [[c[i] for c in curves] for i in range(n)]
+                mean = [sum(col) / len(col) for col in cols]
+                std = [math.sqrt(sum((x - m) ** 2 for x in col) / max(1, len(col) - 1)) for col, m in zip(cols, mean)]
+                line, = ax.plot(steps, mean, label=arm)
+                ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{group}: {name}", fontsize=10)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, plt, png)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ CURVE_KEYS = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt", "reward/raw_s
               "adv/zero_groups", "learn/gt_logp_per_token")
 
 
-def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, echo: bool = True) -> list[dict]:
-    """Train `cfg.trainer.max_steps` steps in this process; one metrics row per step."""
+def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, echo: bool = True,
+                  final: Callable[[Any], None] | None = None) -> list[dict]:
+    """Train `cfg.trainer.max_steps` steps in this process; one metrics row per step. `final(core)` is
+    called with the trained `LearnerCore` after the last step (export or evaluate the final model)."""
     from .data.video import VideoParams, decode_video
     from .learner.core import LearnerCore
     from .models.loading import detect_family
@@ -90,6 +93,8 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
                       f"IoU {row['reward/iou_mean_no_gt']:.3f} zero-adv groups {row['adv/zero_groups']:.2f} "
                       f"GT logp/tok {row['learn/gt_logp_per_token']:.2f} ({row['time/step_s']:.1f}s) "
                       f"| {row['sample/text'][:60]!r}", flush=True)
+        if final is not None:
+            final(core)
     finally:
         if out is not None:
             out.close()
