@@ -7,7 +7,7 @@ Arms: grpo, grpo+shaping, grpo+gt, tempsamp, grpo+filter (dynamic sampling); S s
 every arm). Each run's final model is evaluated greedily on the synthetic TimeLens-Bench folder.
 Finished runs are kept under --out and skipped on a rerun (an interrupted ablation resumes).
 
-    python benchmarks/ablation.py [--seeds 3] [--steps-random 40] [--steps-warm 30] [--warm-steps 40]
+    python benchmarks/ablation.py [--seeds 3] [--steps-random 30] [--steps-warm 25] [--warm-steps 60]
                                   [--arms grpo,tempsamp] [--starts random,warm] [--out outputs/ablation]
 
 Writes <out>/ablation.json (every figure), <out>/ablation.png (mean curves, ±1 std bands over seeds),
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import time
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--starts", default=",".join(STARTS))
-    ap.add_argument("--steps-random", type=int, default=40)
-    ap.add_argument("--steps-warm", type=int, default=30)
-    ap.add_argument("--warm-steps", type=int, default=40, help="TempSamp steps that make the warm start")
+    ap.add_argument("--steps-random", type=int, default=30)
+    ap.add_argument("--steps-warm", type=int, default=25)
+    ap.add_argument("--warm-steps", type=int, default=60, help="TempSamp steps that make the warm start")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
     ap.add_argument("--fresh", action="store_true", help="delete --out first (no resume)")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results = run_ablation(out, arms, starts, a.seeds, steps, a.warm_steps, overrides=a.override)
     seconds = time.time() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_min = (ru.ru_utime + ru.ru_stime) / 60
     agg = {start: {arm: aggregate([r["summary"] for r in recs]) for arm, recs in by_arm.items()}
            for start, by_arm in results.items()}
     from tempsamp.plots import seed_band_curves
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         {"aggregate": agg, "steps": steps, "warm_steps": a.warm_steps, "seeds": a.seeds, "warm_start": warm,
          "runs": {s: {arm: [r["summary"] for r in recs] for arm, recs in by.items()} for s, by in results.items()}},
         indent=1))
-    lines = [stamp("Ablation (benchmarks/ablation.py)", f"{a.seeds} seeds, in-process, {seconds / 60:.1f} min"
+    lines = [stamp("Ablation (benchmarks/ablation.py)", f"{a.seeds} seeds, in-process, {seconds / 60:.1f} min wall, "
+                   f"{cpu_min:.1f} min CPU"
                    + (" (resumed: earlier runs reused)" if seconds < 60 else "")), ""]
     if warm:
         ws, we = warm["summary"], warm["eval"]["all"]

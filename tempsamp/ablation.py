@@ -28,7 +28,9 @@ ARMS: dict[str, list[str]] = {
     "grpo+shaping": ["algorithm.name=grpo", "reward.shaping=true"],
     "grpo+gt": ["algorithm.name=grpo", "algorithm.use_gt_injection=true"],
     "tempsamp": ["algorithm.name=tempsamp"],
-    "grpo+filter": ["algorithm.name=grpo", "algorithm.filter_groups=true"],
+    # at most 2 extra prompt draws per step (the default is 3): bounds the arm's cost from the random start,
+    # where every group ties and every draw is dropped
+    "grpo+filter": ["algorithm.name=grpo", "algorithm.filter_groups=true", "algorithm.filter_max_rounds=2"],
 }
 STARTS = ("random", "warm")
 FORMAT_KEY, IOU_KEY, SCORE_KEY = ("reward/format_rate_no_gt", "reward/iou_mean_no_gt",
