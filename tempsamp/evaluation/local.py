@@ -8,8 +8,8 @@ from ..config import Config
 from ..data.prompts import build_problem
 from ..data.video import decode_video
 from .bench import load_bench
-from .metrics import Prediction, all_metrics, dataset_metrics, score_reply
-from .runner import eval_video_params
+from .metrics import Prediction, all_metrics, dataset_metrics
+from .runner import eval_video_params, make_prediction
 
 
 def evaluate_in_process(cfg: Config, model, processor, family: str, datasets: list[str] | None = None,
@@ -42,10 +42,7 @@ def evaluate_in_process(cfg: Config, model, processor, family: str, datasets: li
                 cache[s.video] = decode_video(s.video, params)
             inputs = build_inputs(processor, render_prompt(processor, build_problem(s.query)), cache[s.video])
             text = sample_group(model, processor.tokenizer, inputs, k, spec, 0).texts[0]
-            span, used, iou = score_reply(text, s.gt, s.duration, e.parse_mode)
-            preds.append(Prediction(key=s.key, dataset=s.dataset, video=s.video, video_id=s.video_id, query=s.query,
-                                    gt=s.gt, duration=s.duration, text=text, span=span, eval_span=used, iou=iou,
-                                    parsed=span is not None, parse_mode=e.parse_mode))
+            preds.append(make_prediction(s, text, e.parse_mode))
     finally:
         model.train(was_training)
     metrics = all_metrics(preds, datasets)

@@ -120,6 +120,14 @@ def _rescore(p: Prediction, mode: str) -> Prediction:
     return msgspec.structs.replace(p, span=span, eval_span=used, iou=iou, parsed=span is not None, parse_mode=mode)
 
 
+def make_prediction(s: BenchSample, text: str, mode: str, weight_version: int = 0) -> Prediction:
+    """The scored prediction of reply `text` to bench query `s` (parse mode `mode`)."""
+    span, used, iou = score_reply(text, s.gt, s.duration, mode)
+    return Prediction(key=s.key, dataset=s.dataset, video=s.video, video_id=s.video_id, query=s.query, gt=s.gt,
+                      duration=s.duration, text=text, span=span, eval_span=used, iou=iou, parsed=span is not None,
+                      parse_mode=mode, weight_version=weight_version)
+
+
 def _video_groups(samples: list[BenchSample], per_call: int) -> list[list[BenchSample]]:
     """Queries grouped by video (decode once), cut into calls of at most `per_call` queries."""
     by: dict[str, list[BenchSample]] = {}
@@ -193,13 +201,8 @@ def generate_predictions(samples: list[BenchSample], engines: list, decoders: li
                                  f"{error_text(verr)}") from None
             raise RuntimeError(f"eval: engine {i} failed on {call[0].dataset}/{call[0].video_id}: {kind} "
                                f"({error_text(groups) if groups is not None else 'no reply in time'})") from None
-        preds = []
-        for s, g in zip(call, sorted(groups, key=lambda g: g.key)):
-            text = g.texts[0] if g.texts else ""
-            span, used, iou = score_reply(text, s.gt, s.duration, e.parse_mode)
-            preds.append(Prediction(key=s.key, dataset=s.dataset, video=s.video, video_id=s.video_id, query=s.query,
-                                    gt=s.gt, duration=s.duration, text=text, span=span, eval_span=used, iou=iou,
-                                    parsed=span is not None, parse_mode=e.parse_mode, weight_version=g.weight_version))
+        preds = [make_prediction(s, g.texts[0] if g.texts else "", e.parse_mode, g.weight_version)
+                 for s, g in zip(call, sorted(groups, key=lambda g: g.key))]
         sink(preds)
         done += len(preds)
         bar.update(len(preds))
