@@ -222,10 +222,11 @@ def run_ablation(out: str | Path, arms: Sequence[str], starts: Sequence[str], se
         (out / "warm_start.json").write_text(json.dumps({"summary": s, "eval": ev}, indent=1))
         echo(f"ablation: warm start made in {time.time() - t0:.0f}s: format over its last 10 steps "
              f"{s['format_last']:.2f}, IoU {s['iou_last']:.3f}; eval mIoU {ev['all']['mIoU']:.1f}")
-    results: dict = {}
-    for start in starts:
-        for arm in arms:
-            for seed in range(seeds):
+    results: dict = {start: {arm: [] for arm in arms} for start in starts}
+    # seed outermost: an ablation stopped early still has every arm and start for the seeds it finished
+    for seed in range(seeds):
+        for start in starts:
+            for arm in arms:
                 path = run_file(out, start, arm, seed)
                 if path.exists():
                     rec = read_run(path)
@@ -244,5 +245,5 @@ def run_ablation(out: str | Path, arms: Sequence[str], starts: Sequence[str], se
                 echo(f"  {start:6s} {arm:13s} seed {seed}: IoU {s['iou_last']:.3f} format {s['format_last']:.2f} "
                      f"zero-adv {s['zero_adv_frac']:.2f} to-0.5 {s['steps_to_format_0.5']} | eval R1@0.5 "
                      f"{s['eval_R1@0.5']:.1f} mIoU {s['eval_mIoU']:.1f} ({rec.get('seconds', 0):.0f}s)")
-                results.setdefault(start, {}).setdefault(arm, []).append(rec)
+                results[start][arm].append(rec)
     return results
