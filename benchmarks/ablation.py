@@ -7,7 +7,7 @@ Arms: grpo, grpo+shaping, grpo+gt, tempsamp, grpo+filter (dynamic sampling); S s
 every arm). Each run's final model is evaluated greedily on the synthetic TimeLens-Bench folder.
 Finished runs are kept under --out and skipped on a rerun (an interrupted ablation resumes).
 
-    python benchmarks/ablation.py [--seeds 3] [--steps-random 20] [--steps-warm 15] [--warm-steps 60]
+    python benchmarks/ablation.py [--seeds 3] [--steps-random 15] [--steps-warm 12] [--warm-steps 60]
                                   [--arms grpo,tempsamp] [--starts random,warm] [--out outputs/ablation]
 
 Writes <out>/ablation.json (every figure), <out>/ablation.png (mean curves, ±1 std bands over seeds),
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--starts", default=",".join(STARTS))
-    ap.add_argument("--steps-random", type=int, default=20)
-    ap.add_argument("--steps-warm", type=int, default=15)
+    ap.add_argument("--steps-random", type=int, default=15)
+    ap.add_argument("--steps-warm", type=int, default=12)
     ap.add_argument("--warm-steps", type=int, default=60, help="TempSamp steps that make the warm start")
     ap.add_argument("--override", action="append", default=[], help="extra config override for every run")
     ap.add_argument("--fresh", action="store_true", help="delete --out first (no resume)")
