@@ -77,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"Warm start: {a.warm_steps} TempSamp steps from the random model (seed 1000): format rate over "
                   f"its last 10 steps {ws['format_last']:.2f}, IoU {ws['iou_last']:.3f}; its eval R1@0.5 "
                   f"{we['R1@0.5']:.1f}, mIoU {we['mIoU']:.1f}, parse {we['parse_rate']:.0f} %.", ""]
-    lines += [markdown_table(agg, steps), f"Curves: `{png}` (copy: benchmarks/ablation.png).", ""]
+    from tempsamp.ablation import span_baselines
+    from tempsamp.config import DEMO_CONFIG, load_config
+
+    base = span_baselines(out / "data" / "bench", list(load_config(DEMO_CONFIG, [], env={}).eval.datasets))
+    lines += [markdown_table(agg, steps),
+              "Answers that ignore the video, on the same bench: " + "; ".join(
+                  f"{k}: R1@0.5 {v['R1@0.5']:.1f}, mIoU {v['mIoU']:.1f}" for k, v in base.items()) + ".", "",
+              f"Curves: `{png}` (copy: benchmarks/ablation.png).", ""]
     if a.no_results:
         print("\n".join(lines))
     else:

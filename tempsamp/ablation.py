@@ -88,6 +88,22 @@ def aggregate(summaries: Sequence[dict]) -> dict:
     return out
 
 
+def span_baselines(bench_dir: str | Path, datasets: Sequence[str]) -> dict[str, dict]:
+    """R1@0.5 and mIoU (pooled, in %) of answers that ignore the video and the query — the whole video and its
+    middle half — on the same bench: what an eval figure must beat before it says anything about grounding."""
+    from .evaluation.bench import load_bench
+    from .reward.grounding import temporal_iou
+
+    samples, _ = load_bench(bench_dir, list(datasets))
+    if not samples:
+        raise AblationError(f"{bench_dir}: no bench queries for {', '.join(datasets)}")
+    out = {}
+    for name, (a, b) in {"whole video": (0.0, 1.0), "middle half": (0.25, 0.75)}.items():
+        ious = [temporal_iou((a * x.duration, b * x.duration), tuple(x.gt)) for x in samples]
+        out[name] = {"R1@0.5": 100.0 * sum(i >= 0.5 for i in ious) / len(ious), "mIoU": 100.0 * float(np.mean(ious))}
+    return out
+
+
 def _pm(x: tuple[float, float] | None, scale: float = 1.0, digits: int = 3) -> str:
     if x is None:
         return "—"

@@ -55,6 +55,18 @@ def test_compare_runs_ignores_times_and_text_and_sees_any_other_difference():
     assert compare_runs(a, a[:1]) == ["2 vs 1 steps"]
 
 
+def test_span_baselines_score_answers_that_ignore_the_video(synth):
+    from tempsamp.ablation import span_baselines
+    from tempsamp.evaluation.bench import load_bench
+    from tempsamp.reward.grounding import temporal_iou
+
+    base = span_baselines(synth["bench_dir"], ["charades-timelens"])
+    samples, _ = load_bench(synth["bench_dir"], ["charades-timelens"])
+    whole = [temporal_iou((0.0, s.duration), s.gt) for s in samples]
+    assert base["whole video"]["mIoU"] == pytest.approx(100 * sum(whole) / len(whole))
+    assert 0 < base["whole video"]["mIoU"] < 100 and set(base) == {"whole video", "middle half"}
+
+
 def test_band_figure_and_bad_arm(tmp_path, synth):
     from tempsamp.plots import PlotError, seed_band_curves
 

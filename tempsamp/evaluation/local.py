@@ -9,7 +9,7 @@ from ..data.prompts import build_problem
 from ..data.video import decode_video
 from .bench import load_bench
 from .metrics import Prediction, all_metrics, dataset_metrics
-from .runner import eval_video_params, make_prediction
+from .protocol import eval_video_params, make_prediction
 
 
 def evaluate_in_process(cfg: Config, model, processor, family: str, datasets: list[str] | None = None,
