@@ -162,10 +162,11 @@ def arm_config(arm: str, train_jsonl: str, bench_dir: str, steps: int, seed: int
                         "rollout.backend=hf", *overrides], env={})
 
 
-def train_and_eval(cfg: Config, model_dir: str, log_path: Path, video_cache: dict, export_dir: Path | None = None
-                   ) -> tuple[list[dict], dict]:
-    """One run: train in-process, then evaluate the final model on cfg.eval.bench_dir. Returns (rows,
-    pooled eval metrics); `export_dir` also saves the final model as an HF folder."""
+def train_and_eval(cfg: Config, model_dir: str, log_path: Path, video_cache: dict, export_dir: Path | None = None,
+                   eval_max_per_dataset: int = 0) -> tuple[list[dict], dict]:
+    """One run: train in-process, then evaluate the final model on cfg.eval.bench_dir (all queries, or the
+    first `eval_max_per_dataset` of each dataset). Returns (rows, eval metrics per dataset and pooled as
+    `all`); `export_dir` also saves the final model as an HF folder."""
     from .evaluation.local import evaluate_in_process
     from .models.loading import detect_family
     from .recipe_check import run_algorithm
@@ -176,7 +177,7 @@ def train_and_eval(cfg: Config, model_dir: str, log_path: Path, video_cache: dic
         if export_dir is not None:
             core.export_hf(str(export_dir))
         metrics, _ = evaluate_in_process(cfg, core.model, core.processor, detect_family(model_dir),
-                                         video_cache=video_cache)
+                                         max_per_dataset=eval_max_per_dataset, video_cache=video_cache)
         result.update(metrics)
 
     rows = run_algorithm(cfg, model_dir, log_path, echo=False, final=final)
