@@ -206,9 +206,11 @@ def with_eval(summary: dict, eval_metrics: dict) -> dict:
 
 def run_ablation(out: str | Path, arms: Sequence[str], starts: Sequence[str], seeds: int, steps: dict[str, int],
                  warm_steps: int, n_train: int = 16, n_bench: int = 4, config: str | None = None,
-                 overrides: Sequence[str] = (), echo=print) -> dict:
+                 overrides: Sequence[str] = (), start_overrides: dict[str, list[str]] | None = None,
+                 echo=print) -> dict:
     """Every (start, arm, seed) run; returns {start: {arm: [run record]}} (record: rows, eval, summary,
-    seconds). Data, the tiny model and the warm start are made once under `out` and reused."""
+    seconds). Data, the tiny model and the warm start are made once under `out` and reused.
+    `start_overrides`: extra overrides for the runs of one start (e.g. a smaller lr from the warm start)."""
     from .data.synthetic import generate
     from .models.tiny import build_tiny_model
 
@@ -249,7 +251,8 @@ def run_ablation(out: str | Path, arms: Sequence[str], starts: Sequence[str], se
                     rec = read_run(path)
                 else:
                     t0 = time.time()
-                    cfg = arm_config(arm, train_jsonl, bench_dir, steps[start], seed, config, overrides)
+                    cfg = arm_config(arm, train_jsonl, bench_dir, steps[start], seed, config,
+                                     [*overrides, *(start_overrides or {}).get(start, [])])
                     path.parent.mkdir(parents=True, exist_ok=True)
                     rows, ev = train_and_eval(cfg, model_dirs[start], path.with_suffix(".jsonl"), video_cache)
                     rec = {"start": start, "arm": arm, "seed": seed, "rows": rows, "eval": ev,
