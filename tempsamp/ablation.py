@@ -104,10 +104,10 @@ def span_baselines(bench_dir: str | Path, datasets: Sequence[str]) -> dict[str, 
     return out
 
 
-def _pm(x: tuple[float, float] | None, scale: float = 1.0, digits: int = 3) -> str:
+def _pm(x: tuple[float, float] | None, digits: int = 3) -> str:
     if x is None:
         return "—"
-    return f"{x[0] * scale:.{digits}f} ± {x[1] * scale:.{digits}f}"
+    return f"{x[0]:.{digits}f} ± {x[1]:.{digits}f}"
 
 
 def markdown_table(agg: dict[str, dict[str, dict]], steps: dict[str, int]) -> str:

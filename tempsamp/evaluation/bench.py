@@ -104,3 +104,13 @@ def load_bench(bench_dir: str | Path, datasets: list[str], skip_missing_videos: 
         samples += s
         missing[ds] = m
     return samples, missing
+
+
+def first_per_dataset(samples: list[BenchSample], k: int) -> list[BenchSample]:
+    """The first `k` samples of each dataset, datasets in their order (k = 0: all)."""
+    if not k:
+        return samples
+    by: dict[str, list[BenchSample]] = {}
+    for s in samples:
+        by.setdefault(s.dataset, []).append(s)
+    return [s for group in by.values() for s in group[:k]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import load_bench
+from .bench import first_per_dataset, load_bench
 from .runner import eval_video_params, generate_predictions, write_outputs
 
 
@@ -15,11 +15,7 @@ def validate_on_pools(cfg, engines: list, decoders: list, family: str, processor
     if not e.bench_dir:
         raise ValueError("eval.val_freq is set but eval.bench_dir is empty (or set BENCH_DIR)")
     samples, _ = load_bench(e.bench_dir, list(e.datasets), e.skip_missing_videos)
-    if e.val_max_samples:
-        per_ds: dict[str, list] = {}
-        for s in samples:
-            per_ds.setdefault(s.dataset, []).append(s)
-        samples = [s for group in per_ds.values() for s in group[: e.val_max_samples]]
+    samples = first_per_dataset(samples, e.val_max_samples)
     preds: list = []
     generate_predictions(samples, engines, decoders, eval_video_params(cfg, family), processor, cfg, preds.extend,
                          e.skip_missing_videos, progress=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..config import Config
 from ..data.prompts import build_problem
 from ..data.video import decode_video
-from .bench import load_bench
+from .bench import first_per_dataset, load_bench
 from .metrics import Prediction, all_metrics, dataset_metrics
 from .protocol import eval_video_params, make_prediction
 
@@ -25,11 +25,7 @@ def evaluate_in_process(cfg: Config, model, processor, family: str, datasets: li
         raise ValueError("eval.bench_dir is empty: nothing to evaluate on")
     datasets = list(datasets or e.datasets)
     samples, _ = load_bench(e.bench_dir, datasets, e.skip_missing_videos)
-    if max_per_dataset:
-        by: dict[str, list] = {}
-        for s in samples:
-            by.setdefault(s.dataset, []).append(s)
-        samples = [s for group in by.values() for s in group[:max_per_dataset]]
+    samples = first_per_dataset(samples, max_per_dataset)
     params = eval_video_params(cfg, family)
     cache = {} if video_cache is None else video_cache
     spec = SamplingSpec(n=1, greedy=True, temperature=0.0, max_new_tokens=e.max_new_tokens)
