@@ -222,10 +222,12 @@ def run_ablation(out: str | Path, arms: Sequence[str], starts: Sequence[str], se
             raise AblationError(f"unknown start {s!r} (one of {', '.join(STARTS)})")
     out = Path(out).absolute()
     data_dir = out / "data"
+    train_jsonl, bench_dir = str(data_dir / "train.jsonl"), str(data_dir / "bench")
+    start_ov = {start: [*overrides, *(start_overrides or {}).get(start, [])] for start in starts}
+    # a bad override (for every run or for one start's runs) fails here, before any work
+    first, *_ = [arm_config(arms[0], train_jsonl, bench_dir, 1, 0, config, start_ov[start]) for start in starts]
     if not (data_dir / "train.jsonl").exists():
         generate(data_dir, n_train=n_train, n_bench=n_bench, seed=0)
-    train_jsonl, bench_dir = str(data_dir / "train.jsonl"), str(data_dir / "bench")
-    first = arm_config(arms[0], train_jsonl, bench_dir, 1, 0, config, overrides)  # a bad override fails here
     random_dir = out / "models" / "random"
     if not (random_dir / "config.json").exists():
         build_tiny_model(random_dir, first.model.tiny_family)
@@ -251,8 +253,7 @@ def run_ablation(out: str | Path, arms: Sequence[str], starts: Sequence[str], se
                     rec = read_run(path)
                 else:
                     t0 = time.time()
-                    cfg = arm_config(arm, train_jsonl, bench_dir, steps[start], seed, config,
-                                     [*overrides, *(start_overrides or {}).get(start, [])])
+                    cfg = arm_config(arm, train_jsonl, bench_dir, steps[start], seed, config, start_ov[start])
                     path.parent.mkdir(parents=True, exist_ok=True)
                     rows, ev = train_and_eval(cfg, model_dirs[start], path.with_suffix(".jsonl"), video_cache)
                     rec = {"start": start, "arm": arm, "seed": seed, "rows": rows, "eval": ev,

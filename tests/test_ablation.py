@@ -97,3 +97,16 @@ def test_in_process_path_is_bit_reproducible(tmp_path, synth, tiny_models):
     assert compare_runs(rows_a, rows_b) == []
     assert [r["sample/text"] for r in rows_a] == [r["sample/text"] for r in rows_b]
     assert eval_a == eval_b and eval_a["all"]["count"] == 3  # one query of each dataset
+
+
+def test_bad_start_or_start_override_fails_before_any_work(tmp_path):
+    from tempsamp.ablation import run_ablation
+    from tempsamp.config import ConfigError
+
+    with pytest.raises(AblationError, match="unknown start 'cold'"):
+        run_ablation(tmp_path / "a", ["grpo"], ["cold"], 1, {"cold": 1}, 1)
+    with pytest.raises(ConfigError, match="learner.lrr"):
+        run_ablation(tmp_path / "b", ["grpo"], ["random", "warm"], 1, {"random": 1, "warm": 1}, 1,
+                     start_overrides={"warm": ["learner.lrr=1"]})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
