@@ -7,8 +7,8 @@ import pytest
 # (--dist loadfile: a file's module fixtures, e.g. test_reliability's uninterrupted run, are built once).
 # Files are handed out in collection order, so the longest files go first and the many short ones fill
 # in behind them; the seconds are those measured on 2 cores (tests/... --durations=0).
-HEAVY_FIRST = ["test_trainer_vllm.py", "test_reliability.py", "test_ops.py", "test_demo.py", "test_eval.py",
-               "test_learner.py", "test_recipe_check.py"]
+HEAVY_FIRST = ["test_reliability.py", "test_trainer_vllm.py", "test_learner.py", "test_vllm_families.py",
+               "test_ops.py", "test_demo.py", "test_eval.py", "test_recipe_check.py"]
 
 
 def pytest_collection_modifyitems(config, items):
