@@ -12,7 +12,8 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 
 # `make test` runs the suite on 2 pytest-xdist workers, one test file per worker at a time
 # (--dist loadfile: a file's module fixtures, e.g. test_reliability's uninterrupted run, are built once).
-# Files are handed out in collection order, so the longest files go first and the many short ones fill
+# Files are handed out in collection order (--no-loadscope-reorder: xdist would otherwise sort them by
+# their number of tests), so the longest files go first and the many short ones fill
 # in behind them (longest first; seconds measured on 2 cores with --durations=0). xdist hands a worker
 # its next file when its current one has 2 tests or fewer left, so the one-test vLLM file goes first:
 # the other worker starts on test_reliability instead of queueing it behind.
