@@ -111,6 +111,16 @@ def test_each_mini_batch_step_is_normalised_by_its_own_tokens(tiny_models, synth
 WEIGHT_NAMES = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"]
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module's two-rank tests (each starts and kills its own learner actors)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
 def _two_ranks_vs_one(path, batch, videos, overrides=(), skip_on_reference=True):
     """The step of a single-rank core (the reference) and of two FSDP2 learner actors on the same
     batch: (reference metrics, the two ranks' metrics); asserts the trained weights agree."""
@@ -125,11 +135,10 @@ def _two_ranks_vs_one(path, batch, videos, overrides=(), skip_on_reference=True)
     ref_m = ref.train_step(batch, videos)
     params = dict(ref.model.named_parameters())
     ref_w = {n: params["model.language_model." + n[len("model."):]].detach() for n in WEIGHT_NAMES}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    for g in batch.groups:
+        g.video = ray.put(videos[g.key])
+    actors = [LearnerActor.options(num_cpus=0.5).remote() for _ in range(2)]
     try:
-        for g in batch.groups:
-            g.video = ray.put(videos[g.key])
-        actors = [LearnerActor.options(num_cpus=0.5).remote() for _ in range(2)]
         addr = f"127.0.0.1:{free_port()}"
         ray.get([a.setup.remote(_cfg(*overrides), path, r, 2, addr, 10) for r, a in enumerate(actors)])
         ms = ray.get([a.train_step.remote(batch) for a in actors])
@@ -138,12 +147,13 @@ def _two_ranks_vs_one(path, batch, videos, overrides=(), skip_on_reference=True)
             assert torch.allclose(w[n], ref_w[n].float(), atol=2e-5), n
         return ref_m, ms
     finally:
-        ray.shutdown()
+        for a in actors:
+            ray.kill(a)
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_two_rank_fsdp2_matches_single_rank(tiny_models, synth):
+def test_two_rank_fsdp2_matches_single_rank(local_ray, tiny_models, synth):
     path = tiny_models("qwen2_5_vl")
     batch, videos = _batch(path, synth, n_prompts=2)
     ref_m, ms = _two_ranks_vs_one(path, batch, videos)
@@ -345,7 +355,7 @@ def test_mismatch_and_correction_metrics(tiny_models, synth):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_two_rank_fsdp2_skipping_matches_single_rank_unskipped(tiny_models, synth):
+def test_two_rank_fsdp2_skipping_matches_single_rank_unskipped(local_ray, tiny_models, synth):
     """Rank 1's group is all zero-advantage: it runs only zero-weight dummies (as many as rank 0 runs
     micro-batches, in the old-log-prob pass too), and the step equals a single rank's unskipped one."""
     path = tiny_models("qwen2_5_vl")

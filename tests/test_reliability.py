@@ -108,10 +108,13 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
     from tempsamp.cluster import init_ray
     from tempsamp.trainer import Trainer
 
-    # timeouts well above a normal call on a loaded 2-core machine; the checks below are relations (at least one
-    # replacement where a fault was injected), so one slow normal call cannot fail the test
-    cfg = _cfg(synth, tmp_path, "chaos", "trainer.rollout_timeout_s=20", "trainer.call_timeout_s=60",
-               "sync.timeout_s=20", "trainer.max_learner_restarts=0")
+    # timeouts well above a normal call on a loaded 2-core machine (a generate or a sync of this tiny model takes
+    # well under 2 s even with the suite's two xdist workers busy); the two hangs below each wait them out
+    # (a stuck broadcast twice: the receivers, then the sender's group timeout). The checks below are
+    # relations (at least one replacement where a fault was injected), so one slow normal call cannot fail
+    # the test
+    cfg = _cfg(synth, tmp_path, "chaos", "trainer.rollout_timeout_s=12", "trainer.call_timeout_s=60",
+               "sync.timeout_s=12", "trainer.max_learner_restarts=0")
     init_ray(num_cpus=2)
     t = Trainer(cfg, model_dir=tiny_models("qwen2_5_vl"))
     table = []

