@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/tempsamp demo --out outputs/demo
 
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q --timeout 900 --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --timeout 900 --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decode.py

@@ -88,7 +88,7 @@ def run_demo(out: str = "outputs/demo", steps: int | None = None, quick: bool = 
         if steps is not None:
             ov.append(f"trainer.max_steps={steps}")
         elif quick:
-            ov.append("trainer.max_steps=3")
+            ov.append("trainer.max_steps=2")
         if backend is not None:
             ov.append(f"rollout.backend={backend}")
         cfg = load_config(DEMO_CONFIG, ov, env={})

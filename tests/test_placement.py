@@ -90,5 +90,14 @@ def test_fake_8gpu_cluster_bundles_and_visible_devices():
         rollout_gpus = {ids[0] for _, ids in seen["rollout"]}
         assert len(learner_gpus) == 4 and len(rollout_gpus) == 4
         assert not learner_gpus & rollout_gpus  # roles never share a GPU (not colocated)
+
+        # a second plan while the first holds every GPU: the error names a GPU role, and none of its groups
+        # (requested together) is left behind
+        from ray.util.placement_group import placement_group_table
+
+        with pytest.raises(PlacementError, match=r"role `(learner|rollout)`: Ray could not place .* within 3s"):
+            create_placement_groups(p, timeout_s=3, name_prefix="second")
+        states = [g["state"] for g in placement_group_table().values() if g["name"].startswith("second-")]
+        assert len(states) == len(p.roles) and set(states) == {"REMOVED"}, states
     finally:
         ray.shutdown()

@@ -10,13 +10,13 @@ import pytest
 def test_recipe_check_short(tmp_path, capsys):
     from tempsamp.recipe_check import run_recipe_check
 
-    summary = run_recipe_check(str(tmp_path), steps=4, n_train=8, overrides=["algorithm.filter_max_rounds=1"])
+    summary = run_recipe_check(str(tmp_path), steps=3, n_train=8, overrides=["algorithm.filter_max_rounds=1"])
     out = capsys.readouterr().out
     assert "step |" in out and "grpo" in out and "grpo+filter" in out and "tempsamp" in out  # three arms
     grpo = [json.loads(x) for x in (tmp_path / "grpo.jsonl").read_text().splitlines()]
     filt = [json.loads(x) for x in (tmp_path / "grpo+filter.jsonl").read_text().splitlines()]
     ts = [json.loads(x) for x in (tmp_path / "tempsamp.jsonl").read_text().splitlines()]
-    assert len(grpo) == len(filt) == len(ts) == 4
+    assert len(grpo) == len(filt) == len(ts) == 3
     for r in filt:  # random init: every group ties, so dynamic sampling draws once more and still keeps none
         assert r["filter/kept_groups"] == 0.0 and r["filter/rounds"] == 1.0 and r["learn/grad_norm"] == 0.0
     for r in grpo:  # random init: nothing parses, every group ties -> zero advantage, zero gradient
