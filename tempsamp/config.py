@@ -594,6 +594,17 @@ def check_config(cfg: Config, source: str = "config") -> None:
     if r.temperature <= 0:
         raise ConfigError(f"{source}: rollout.temperature must be > 0 for training (got {r.temperature}); "
                           "the learner scores responses at the sampling temperature")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"{source}: rollout.top_p must be within (0, 1] (got {r.top_p}); 1 = no nucleus filter")
+    if r.n < 1 or d.prompts_per_step < 1:
+        raise ConfigError(f"{source}: rollout.n and data.prompts_per_step must be >= 1 "
+                          f"(got {r.n} and {d.prompts_per_step})")
+    lr = cfg.learner
+    if lr.lr <= 0:
+        raise ConfigError(f"{source}: learner.lr must be > 0 (got {lr.lr})")
+    if not 0 <= lr.warmup_ratio < 1:
+        raise ConfigError(f"{source}: learner.warmup_ratio must be within [0, 1) (got {lr.warmup_ratio}): "
+                          "the share of the run's steps that warms the learning rate up")
 
 
 def config_to_dict(cfg: Config) -> dict:

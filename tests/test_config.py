@@ -301,6 +301,10 @@ def test_cache_mode_from_data_config():
     ("trainer.preempt_grace_s=-1", r"trainer.preempt_grace_s must be >= 0 \(got -1.0\)"),
     ("trainer.max_learner_restarts=-1", r"trainer.max_learner_restarts must be >= 0 \(got -1\)"),
     ("sync.bucket_mb=-1", r"sync.bucket_mb must be >= 0 \(0 = the backend's measured default\), got -1"),
+    ("learner.lr=-1e-6", r"learner.lr must be > 0 \(got -1e-06\)"),
+    ("learner.warmup_ratio=1", r"learner.warmup_ratio must be within \[0, 1\) \(got 1.0\)"),
+    ("rollout.top_p=0", r"rollout.top_p must be within \(0, 1\]"),
+    ("rollout.n=0", r"rollout.n and data.prompts_per_step must be >= 1 \(got 0 and"),
 ])
 def test_range_rules_are_refused_with_the_key_named(override, match):
     with pytest.raises(ConfigError, match=match):
