@@ -146,7 +146,7 @@ def _fresh_engine_is_the_learners_policy(eng, model, proc, vprompt, video) -> No
     assert (torch.as_tensor(g.behaviour_logprobs)[~torch.as_tensor(g.response_mask).bool()] == 0).all()
 
 
-def test_demo_config_on_vllm_cache_faults_validation_metrics_resume(tiny_models, synth, tmp_path, caplog,
+def test_demo_config_on_vllm_cache_fault_validation_metrics_resume(tiny_models, synth, tmp_path, caplog,
                                                                      monkeypatch):
     import ray
 
