@@ -230,6 +230,9 @@ class PlacementConfig(_S):
     # memory of one GPU in GiB (vendors' "GB"; H20: 96): `tempsamp plan` checks each GPU role's estimate
     # against it (tempsamp/placement/memory.py)
     gpu_memory_gib: float = 96.0
+    # GPU plans: `tempsamp train` refuses to start when that estimate says a role does not fit one GPU (the
+    # estimate is within -20 % / +12 % of measured peaks; false = start anyway and let the GPU decide)
+    memory_check: bool = True
 
 
 class SyncConfig(_S):

@@ -45,6 +45,7 @@ class Trainer:
         from .models.loading import detect_family, load_processor
         from .models.policy import render_prompt
         from .models.tiny import ensure_model
+        from .placement.memory import check_run_memory
         from .placement.plan import make_plan, resolve_use_gpus
         from .rollout.support import check_engine_support
 
@@ -54,6 +55,7 @@ class Trainer:
         self.model_dir = model_dir or ensure_model(cfg)
         self.family = detect_family(self.model_dir)
         check_engine_support(cfg, cfg.rollout.backend, self.family)  # before any actor starts
+        check_run_memory(cfg, self.model_dir)  # GPU plans: a role that cannot fit one GPU stops here, named
         self.params = VideoParams.from_config(cfg.video, self.family)
         self.records, skipped = load_dataset(cfg)
         self.skipped_records = len(skipped)

@@ -100,6 +100,17 @@ def test_a_config_that_cannot_fit_is_refused_naming_the_role(shapes):
         check_memory(memory_plan(_cfg("rollout.gpu_memory_utilization=0.25"), s))
 
 
+def test_a_training_run_checks_memory_on_gpu_plans_only():
+    from tempsamp.placement.memory import check_run_memory
+
+    q35 = str(MODEL_CONFIGS / "Qwen3.5-4B")
+    assert check_run_memory(_cfg(), q35).roles[0].shortfall == 0  # the shipped 8x H20 recipe fits
+    with pytest.raises(PlacementError, match=r"role `learner` does not fit"):
+        check_run_memory(_cfg("placement.gpu_memory_gib=16"), q35)
+    assert check_run_memory(_cfg("placement.gpu_memory_gib=16", "placement.memory_check=false"), q35) is None
+    assert check_run_memory(_cfg("placement.gpu_memory_gib=16", "placement.use_gpus=false"), q35) is None
+
+
 def test_plan_cli_prints_the_memory_table_and_fails_naming_the_role(capsys):
     from tempsamp.cli import main as cli
 

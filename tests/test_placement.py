@@ -99,5 +99,13 @@ def test_fake_8gpu_cluster_bundles_and_visible_devices():
             create_placement_groups(p, timeout_s=3, name_prefix="second")
         states = [g["state"] for g in placement_group_table().values() if g["name"].startswith("second-")]
         assert len(states) == len(p.roles) and set(states) == {"REMOVED"}, states
+
+        # `tempsamp train` on this GPU cluster runs `tempsamp plan`'s memory check before anything starts
+        # (the shipped architecture-only Qwen3.5-4B folder: no weights, no tokenizer are needed to refuse)
+        from tempsamp.placement.memory import MODEL_CONFIGS
+        from tempsamp.trainer import Trainer
+
+        with pytest.raises(PlacementError, match=r"role `learner` does not fit: .*placement.gpu_memory_gib"):
+            Trainer(_cfg("placement.gpu_memory_gib=16"), model_dir=str(MODEL_CONFIGS / "Qwen3.5-4B"))
     finally:
         ray.shutdown()

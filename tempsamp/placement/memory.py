@@ -375,6 +375,18 @@ def check_memory(plan: MemoryPlan) -> None:
             f"(sized by {rm.why})")
 
 
+def check_run_memory(cfg, model_dir: str) -> MemoryPlan | None:
+    """What a training run checks before any actor starts: on a GPU plan with `placement.memory_check`
+    on, `tempsamp plan`'s estimate for the model folder the run uses (its config.json, else the shipped
+    architecture config of the same name); PlacementError naming the role that does not fit. None when
+    there is nothing to check (CPU plan, or the check switched off)."""
+    if not cfg.placement.use_gpus or not cfg.placement.memory_check:
+        return None
+    plan = memory_plan(cfg, model_shape(find_model_config(model_dir)))
+    check_memory(plan)
+    return plan
+
+
 def format_memory(plan: MemoryPlan) -> str:
     s = plan.shape
     lines = [f"memory per GPU (GiB) — {s.name}: {s.params_total / 1e9:.2f} B parameters "
