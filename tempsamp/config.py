@@ -602,11 +602,11 @@ def check_config(cfg: Config, source: str = "config") -> None:
     if r.n < 1 or d.prompts_per_step < 1:
         raise ConfigError(f"{source}: rollout.n and data.prompts_per_step must be >= 1 "
                           f"(got {r.n} and {d.prompts_per_step})")
-    lr = cfg.learner
-    if lr.lr <= 0:
-        raise ConfigError(f"{source}: learner.lr must be > 0 (got {lr.lr})")
-    if not 0 <= lr.warmup_ratio < 1:
-        raise ConfigError(f"{source}: learner.warmup_ratio must be within [0, 1) (got {lr.warmup_ratio}): "
+    learner = cfg.learner
+    if learner.lr <= 0:
+        raise ConfigError(f"{source}: learner.lr must be > 0 (got {learner.lr})")
+    if not 0 <= learner.warmup_ratio < 1:
+        raise ConfigError(f"{source}: learner.warmup_ratio must be within [0, 1) (got {learner.warmup_ratio}): "
                           "the share of the run's steps that warms the learning rate up")
 
 

@@ -22,22 +22,26 @@ def _rows(log_dir: Path, run: str) -> list[dict]:
     return [json.loads(x) for x in (log_dir / run / "steps.jsonl").read_text().splitlines()]
 
 
-def _greedy_logprob_gap(engine, model_dir: str, dtype: str, prompt: str, video) -> float:
-    """max |logp_vLLM - logp_transformers| over the engine's greedy response to one prompt."""
+def _greedy_logprob_gaps(engine, model_dir: str, dtype: str, prompt: str, videos: dict) -> dict:
+    """Per entry of `videos` (name -> decoded video or None for text only): max |logp_vLLM -
+    logp_transformers| over the engine's greedy response to `prompt`, the model loaded once."""
     import ray
 
     from tempsamp.models.loading import load_model, load_processor
     from tempsamp.models.policy import build_inputs, pad_responses, response_logprobs
     from tempsamp.rollout.base import PromptRequest, SamplingSpec
 
-    g = ray.get(engine.generate.remote([PromptRequest(0, prompt)], SamplingSpec(greedy=True, max_new_tokens=8),
-                                       None if video is None else ray.put(video)))[0]
     model, proc = load_model(model_dir, dtype=dtype), load_processor(model_dir)
-    ids, mask = pad_responses(g.response_ids, 0)
-    with torch.no_grad():
-        lp = response_logprobs(model, build_inputs(proc, prompt, video), ids, mask)
-    n = len(g.logprobs[0])
-    return (lp[0, :n].float() - torch.tensor(g.logprobs[0])).abs().max().item()
+    gaps = {}
+    for name, video in videos.items():
+        g = ray.get(engine.generate.remote([PromptRequest(0, prompt)], SamplingSpec(greedy=True, max_new_tokens=8),
+                                           None if video is None else ray.put(video)))[0]
+        ids, mask = pad_responses(g.response_ids, 0)
+        with torch.no_grad():
+            lp = response_logprobs(model, build_inputs(proc, prompt, video), ids, mask)
+        n = len(g.logprobs[0])
+        gaps[name] = (lp[0, :n].float() - torch.tensor(g.logprobs[0])).abs().max().item()
+    return gaps
 
 
 # per dtype: float32 engines agree with transformers to rounding. In bf16 the two stacks round differently
@@ -96,8 +100,7 @@ def test_family_through_fsdp2_vllm_sync_export_and_eval(family, dtype, tiny_mode
             prompt = render_prompt(proc, build_problem("the red square moves across the screen"))
             video = decode_video(read_records(synth["train_jsonl"])[0][0].video,
                                  VideoParams.from_config(cfg.video, family))
-            gaps = {kind: _greedy_logprob_gap(t.pools.engines[0], str(export), dtype, prompt, v)
-                    for kind, v in (("text", None), ("video", video))}
+            gaps = _greedy_logprob_gaps(t.pools.engines[0], str(export), dtype, prompt, {"text": None, "video": video})
             print(f"\n{family} {dtype}: vLLM vs transformers greedy |dlogp| after 2 syncs: {gaps}")
             assert gaps["text"] < LOGPROB_TOL[dtype], gaps
             assert gaps["video"] < VIDEO_TOL.get(family, LOGPROB_TOL[dtype]), gaps
