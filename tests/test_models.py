@@ -1,5 +1,7 @@
 """Each tiny family: processor on a synthetic video, generate, log-probs agree, one optimizer step."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -140,3 +142,37 @@ def test_top_p_from_candidates_equals_the_full_sort(monkeypatch):
         assert torch.equal(ours[~torch.isinf(ours)], x[~torch.isinf(ours)])
     kept = (~torch.isinf(policy.truncate_logits(x, -1, 0.85))).sum(-1)
     assert kept.min() <= 4 and kept.max() > 16  # both paths were taken
+
+
+def test_reward_tokenizer_gives_the_policy_tokenizers_ids(tiny_models, tmp_path):
+    """The reward role's tokenizer (`tokenizers` on tokenizer.json, no transformers) and its fallback (a
+    folder with only vocab.json + merges.txt, through transformers) encode as the policy's tokenizer and
+    end / pad responses with the same ids."""
+    import json
+
+    from tempsamp.models.loading import load_processor
+    from tempsamp.models.policy import special_ids
+    from tempsamp.models.text_tokenizer import TextTokenizer
+
+    texts = ["<answer> 12.5 to 30.75 </answer>", " <answer>3 to 4</answer><|im_end|>", "héllo  wörld\n\t中文",
+             "<think>the red square</think>", ""]
+    for family in ("qwen2_5_vl", "qwen3_5"):
+        model = tiny_models(family)
+        hf = load_processor(model).tokenizer
+        want = [hf.encode(t, add_special_tokens=False) for t in texts]
+        fast = TextTokenizer(model)
+        assert [fast.encode(t) for t in texts] == want, family
+        assert (fast.eos_id, fast.pad_id) == special_ids(hf) == (151645, 151643)
+    # a slow-tokenizer folder (vocab.json + merges.txt), built from the same vocabulary
+    src = Path(tiny_models("qwen2_5_vl"))
+    spec = json.loads((src / "tokenizer.json").read_text())
+    (tmp_path / "vocab.json").write_text(json.dumps(spec["model"]["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    conf = json.loads((src / "tokenizer_config.json").read_text())
+    conf.pop("backend", None)
+    keys = ("content", "lstrip", "rstrip", "normalized", "single_word", "special")
+    conf["added_tokens_decoder"] = {str(t["id"]): {k: t[k] for k in keys} for t in spec["added_tokens"]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(conf))
+    slow = TextTokenizer(tmp_path)
+    assert [slow.encode(t) for t in texts] == want and (slow.eos_id, slow.pad_id) == (151645, 151643)

@@ -12,12 +12,11 @@ class RewardCore:
     def __init__(self, model_dir: str, options: dict, filter_groups: bool = False):
         """`options`: `reward_options(cfg)` (n, GT injection, format weight, shaping, eps);
         `filter_groups`: drop zero-advantage groups from the batch (algorithm.filter_groups)."""
-        from ..models.loading import load_processor
-        from ..models.policy import special_ids
+        from ..models.text_tokenizer import TextTokenizer
 
-        tok = load_processor(model_dir).tokenizer
-        self.encode = lambda text: tok.encode(text, add_special_tokens=False)
-        self.eos_id, self.pad_id = special_ids(tok)
+        tok = TextTokenizer(model_dir)  # no transformers in the reward actor: see models/text_tokenizer.py
+        self.encode = tok.encode
+        self.eos_id, self.pad_id = tok.eos_id, tok.pad_id
         self.options = options
         self.filter_groups = filter_groups
 

@@ -8,7 +8,8 @@ holds the `worker_extension_cls`) replaces that dispatch with one that keeps ord
 uses `torch.nn.functional.linear`, which makes in-place weight updates exact (see
 ../shared/VLLM-ON-CPU.md; our sync test compares log-probs against transformers to catch this).
 `VLLMEngine(keep_prepack=True)` (config `rollout.vllm_keep_prepack`, debugging only) keeps vLLM's
-own prepacking for that engine: updates then become wrong.
+own prepacking for that engine: updates then become wrong. vLLM also runs this dispatch, and a
+start-up fix for its tokenizer pools, in every engine process through our plugin (rollout/vllm_plugin.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from ..sync.weights import IN_FLIGHT, BufferRing, SyncPlan, WeightSyncError, make_group, receive_plan
 from .base import RolloutGroup, SamplingSpec, request_seed
 from .health import EngineDead, EngineRequestError, OutputTail, exit_description, root_cause
+from .vllm_plugin import KEEP_PREPACK_KEY, keep_plain_cpu_weights, share_tokenizer_pools_on_deepcopy
 
 EXTENSION = "tempsamp.rollout.vllm_engine.WeightSyncExtension"
 # the sampled tokens' log-probs are those of the distribution vLLM sampled from (after temperature,
@@ -30,42 +32,10 @@ EXTENSION = "tempsamp.rollout.vllm_engine.WeightSyncExtension"
 # vLLM's PyTorch-native top-k/top-p sampler instead of FlashInfer's, which cannot return them; seeded
 # requests took that path already.) Greedy requests get the plain log-softmax.
 LOGPROBS_MODE = "processed_logprobs"
-# `LLM(additional_config={KEEP_PREPACK_KEY: True})`: the engine's vLLM config carries keep_prepack into
-# its worker process, where the dispatch below reads it while the model loads
-KEEP_PREPACK_KEY = "tempsamp_keep_prepack"
-
-
-def _keep_prepack_requested() -> bool:
-    """True while loading a model for an engine built with keep_prepack=True."""
-    try:
-        from vllm.config import get_current_vllm_config_or_none
-    except Exception:
-        return False
-    extra = getattr(get_current_vllm_config_or_none(), "additional_config", None)
-    return isinstance(extra, dict) and bool(extra.get(KEEP_PREPACK_KEY))
-
-
-def _keep_plain_cpu_weights() -> None:
-    try:
-        from vllm.platforms import current_platform
-        import vllm.model_executor.layers.utils as vutils
-    except Exception:  # vLLM not installed in this process
-        return
-    if not current_platform.is_cpu() or getattr(vutils, "_tempsamp_patched", False):
-        return
-    prepacking_dispatch = vutils.dispatch_cpu_unquantized_gemm
-
-    def dispatch_keep_weights(layer: torch.nn.Module, remove_weight: bool) -> None:
-        if _keep_prepack_requested():  # debugging only: updates become wrong
-            return prepacking_dispatch(layer, remove_weight)
-        # ordinary weights, ordinary GEMM: updatable in place by load_weights
-        layer.cpu_linear = lambda x, weight, bias=None: torch.nn.functional.linear(x, weight, bias)
-
-    vutils.dispatch_cpu_unquantized_gemm = dispatch_keep_weights
-    vutils._tempsamp_patched = True
-
-
-_keep_plain_cpu_weights()
+# our vLLM patches (rollout/vllm_plugin.py), which vLLM also applies in each of its processes through
+# our plugin entry point: applied here as well, for a source tree used without `pip install -e .`
+keep_plain_cpu_weights()
+share_tokenizer_pools_on_deepcopy()
 
 
 class WeightSyncExtension:
