@@ -10,7 +10,8 @@ import pytest
 def test_recipe_check_short(tmp_path, capsys):
     from tempsamp.recipe_check import run_recipe_check
 
-    summary = run_recipe_check(str(tmp_path), steps=3, n_train=8, overrides=["algorithm.filter_max_rounds=1"])
+    summary = run_recipe_check(str(tmp_path), steps=3, n_train=8, overrides=["algorithm.filter_max_rounds=1",
+                                                                            "rollout.max_new_tokens=12"])
     out = capsys.readouterr().out
     assert "step |" in out and "grpo" in out and "grpo+filter" in out and "tempsamp" in out  # three arms
     grpo = [json.loads(x) for x in (tmp_path / "grpo.jsonl").read_text().splitlines()]
