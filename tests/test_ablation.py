@@ -87,7 +87,8 @@ def test_in_process_path_is_bit_reproducible(tmp_path, synth, tiny_models):
     """Issue #21 (3): the ablation's path — HF generation on the learner's model, reward stage, learner
     step, in-process greedy eval — run twice with the same seeds gives the same numbers, bit for bit."""
     cfg = arm_config("tempsamp", synth["train_jsonl"], str(synth["bench_dir"]), 2, 0,
-                     overrides=["data.prompts_per_step=2", "learner.mini_batches_per_step=2"])
+                     overrides=["data.prompts_per_step=2", "learner.mini_batches_per_step=2",
+                                "rollout.max_new_tokens=12", "eval.max_new_tokens=12"])
     model = tiny_models("qwen2_5_vl")
     runs = [train_and_eval(cfg, model, tmp_path / f"run{i}.jsonl", video_cache={}, eval_max_per_dataset=1)
             for i in range(2)]
