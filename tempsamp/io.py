@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +26,31 @@ def atomic_path(dst: str | os.PathLike) -> Iterator[str]:
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder `<dst>.tmp`; on success it replaces `dst` (an old `dst` is removed first),
+    on error it is removed. Every file written into it gets the mode any new file of the user gets (0666
+    less the umask), whatever wrote it: `save_pretrained` writes model.safetensors 0600 (the safetensors
+    writer), which would keep an exported model from other users and pods on a shared volume."""
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        probe = _create_temp(tmp / ".mode")
+        mode = os.stat(probe).st_mode & 0o7777
+        os.unlink(probe)
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o7777 != mode:
+                os.chmod(f, mode)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -1,5 +1,6 @@
 """Each tiny family: processor on a synthetic video, generate, log-probs agree, one optimizer step."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,36 @@ def test_reward_tokenizer_gives_the_policy_tokenizers_ids(tiny_models, tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(conf))
     slow = TextTokenizer(tmp_path)
     assert [slow.encode(t) for t in texts] == want and (slow.eos_id, slow.pad_id) == (151645, 151643)
+
+
+def test_exported_and_built_models_follow_the_umask(tiny_models, tmp_path):
+    """An HF export (what `tempsamp eval` and other users read) and a built tiny model get the user's
+    umask on every file, model.safetensors included (the safetensors writer creates 0600); a folder
+    write that fails leaves the old folder and no temp folder."""
+    import os
+    import stat
+
+    from tempsamp.io import atomic_dir
+    from tempsamp.learner.checkpoint import export_hf
+    from tempsamp.models.tiny import build_tiny_model
+
+    src = tiny_models("qwen2_5_vl")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    old = os.umask(0o022)
+    try:
+        out = export_hf(str(tmp_path / "actor"), load_model(src), load_processor(src), src, rank=0, step=3)
+        built = build_tiny_model(tmp_path / "tiny", "qwen2_5_vl", layers=1)
+        os.umask(0o077)
+        private = build_tiny_model(tmp_path / "private", "qwen2_5_vl", layers=1)
+        with pytest.raises(RuntimeError, match="disk full"):
+            with atomic_dir(tmp_path / "tiny") as tmp:
+                (tmp / "half.bin").write_bytes(b"x")
+                raise RuntimeError("disk full")
+    finally:
+        os.umask(old)
+    for folder, want in ((Path(out), 0o644), (built, 0o644), (private, 0o600)):
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert any(p.name == "model.safetensors" for p in files), folder
+        assert {p.name: mode(p) for p in files} == {p.name: want for p in files}, folder
+    assert (built / "tempsamp_tiny.json").is_file() and not (tmp_path / "tiny.tmp").exists()
+    assert json.loads((Path(out) / "tempsamp_export.json").read_text())["step"] == 3

@@ -96,15 +96,13 @@ def export_hf(out_dir: str, model, processor, model_dir: str, rank: int, step: i
     missing, unexpected = fresh.load_state_dict(full, strict=False)
     if unexpected:
         raise RuntimeError(f"export: unexpected keys {unexpected[:5]}")
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "tempsamp_export.json").write_text(json.dumps({"step": step, "base_model": model_dir}))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return str(out)
+    from ..io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:  # files get the user's umask (safetensors writes 0600)
+        fresh.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "tempsamp_export.json").write_text(json.dumps({"step": step, "base_model": model_dir}))
+    return str(Path(out_dir))
 
 
 # ---- driver side: checkpoint folders ---------------------------------------------------------------

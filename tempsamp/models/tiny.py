@@ -8,11 +8,12 @@ that `AutoModelForImageTextToText` / `AutoProcessor` (and vLLM) load offline.
 from __future__ import annotations
 
 import json
-import shutil
 from importlib import resources
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_dir
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 VOCAB_SIZE = 151936  # Qwen2 embedding size (tokenizer has 151,669; the rest is padding)
@@ -137,14 +138,11 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int 
     torch.manual_seed(seed)
     cfg = tiny_config(family, hidden=hidden, layers=layers)
     model = AutoModelForImageTextToText.from_config(cfg, dtype=getattr(torch, dtype))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    build_processor(family).save_pretrained(tmp)
-    (tmp / "tempsamp_tiny.json").write_text(json.dumps({"family": family, "seed": seed, "hidden": hidden,
-                                                        "layers": layers, "dtype": dtype}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:  # files get the user's umask (safetensors writes 0600)
+        model.save_pretrained(tmp)
+        build_processor(family).save_pretrained(tmp)
+        (tmp / "tempsamp_tiny.json").write_text(json.dumps({"family": family, "seed": seed, "hidden": hidden,
+                                                            "layers": layers, "dtype": dtype}))
     return out
 
 
