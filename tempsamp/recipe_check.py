@@ -34,7 +34,8 @@ def run_algorithm(cfg: Config, model_dir: str, log_path: Path | None = None, ech
     from .data.video import VideoParams, decode_video
     from .learner.core import LearnerCore
     from .models.loading import detect_family
-    from .models.policy import build_inputs, render_prompt, special_ids
+    from .models.policy import build_inputs, render_prompt
+    from .models.text_tokenizer import special_ids
     from .rollout.base import SamplingSpec
     from .rollout.hf import sample_group
     from .data.dataset import load_dataset

@@ -149,11 +149,8 @@ def test_reward_tokenizer_gives_the_policy_tokenizers_ids(tiny_models, tmp_path)
     """The reward role's tokenizer (`tokenizers` on tokenizer.json, no transformers) and its fallback (a
     folder with only vocab.json + merges.txt, through transformers) encode as the policy's tokenizer and
     end / pad responses with the same ids."""
-    import json
-
     from tempsamp.models.loading import load_processor
-    from tempsamp.models.policy import special_ids
-    from tempsamp.models.text_tokenizer import TextTokenizer
+    from tempsamp.models.text_tokenizer import TextTokenizer, special_ids
 
     texts = ["<answer> 12.5 to 30.75 </answer>", " <answer>3 to 4</answer><|im_end|>", "héllo  wörld\n\t中文",
              "<think>the red square</think>", ""]

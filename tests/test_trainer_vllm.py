@@ -7,9 +7,10 @@ tests/test_vllm_families.py.
 
 A vLLM engine start costs ~45 CPU-seconds, so this run starts two (the first, one replacement); the resume
 restores the checkpoint into the running trainer as `checkpoint.resume` does at start-up (the same
-restore and the same weight sync; a fresh-process resume is tested on the HF engine). An engine that dies at a generate runs under the same guard as one that dies
-in a weight sync (rollout/vllm_engine.py); the driver's handling of a generate that fails or hangs is
-tested on the HF engine (tests/test_reliability.py).
+restore and the same weight sync; a fresh-process resume is tested on the HF engine). An engine that
+dies at a generate runs under the same guard as one that dies in a weight sync (rollout/vllm_engine.py);
+the driver's handling of a generate that fails or hangs is tested on the HF engine
+(tests/test_reliability.py).
 
 The demo-config run's engine (Qwen2.5-VL, float32) is also where vLLM's log-probs are compared with the
 learner's own transformers log-probs (the learner's shared-prefix forward, as the learner step scores):
@@ -224,9 +225,9 @@ def test_demo_config_on_vllm_cache_fault_validation_metrics_resume(tiny_models, 
             # after 4 syncs and a replacement, the engine computes what the exported (= learner)
             # weights compute in transformers: exact in fp32 (a stale or prepacked weight moves it by ~0.7),
             # and no longer what the base model computes (the training moved the weights far enough)
-            (text_d, video_d), base_gaps = _greedy_gaps(
-                t.pools.engines[0], [load_model(str(ck4 / "actor"), dtype="float32"), base_model], proc, vprompt,
-                video)
+            ck4_model = load_model(str(ck4 / "actor"), dtype="float32")
+            (text_d, video_d), base_gaps = _greedy_gaps(t.pools.engines[0], [ck4_model, base_model], proc, vprompt,
+                                                        video)
             print(f"\nafter 4 syncs: text |dlogp| {text_d:.2e}, video |dlogp| {video_d:.2e} (vs base {base_gaps})")
             assert text_d < 1e-4 and video_d < 1e-4, (text_d, video_d)
             assert min(base_gaps) > 1e-2, base_gaps
@@ -242,15 +243,14 @@ def test_demo_config_on_vllm_cache_fault_validation_metrics_resume(tiny_models, 
             # process (`checkpoint.resume=auto`: new engines start from the base model and get the same sync)
             # is tested on the HF backend in tests/test_reliability.py; here it would cost a third engine start.
             first5 = _step(t)
-            norm = ["model.layers.1.mlp.down_proj.weight"]
-            step5_w = ray.get(t.pools.engines[0].named_weights.remote(norm))[norm[0]]
+            probe = ["model.layers.1.mlp.down_proj.weight"]
+            step5_w = ray.get(t.pools.engines[0].named_weights.remote(probe))[probe[0]]
             t.restore_point = ck4
             t._restore()
             assert t.step == 4 and t.version == 4 and ck4.name == "global_step_4"
             _engine_matches_learner(t)
-            ref = {k: v for k, v in load_model(str(ck4 / "actor"), dtype="float32").state_dict().items()
-                   if k.endswith(norm[0].removeprefix("model."))}
-            back = ray.get(t.pools.engines[0].named_weights.remote(norm))[norm[0]]
+            ref = {k: v for k, v in ck4_model.state_dict().items() if k.endswith(probe[0].removeprefix("model."))}
+            back = ray.get(t.pools.engines[0].named_weights.remote(probe))[probe[0]]
             assert len(ref) == 1 and torch.equal(back, next(iter(ref.values())))  # the checkpoint's weights
             assert not torch.equal(back, step5_w)  # ... not step 5's
             again = _step(t)

@@ -22,8 +22,8 @@ def test_vllm_finds_and_loads_our_plugin():
 
 def test_a_deep_copied_tokenizer_pool_is_the_pool_and_still_tokenizes():
     """What transformers does to vLLM's tokenizer while vLLM loads a processor: deep-copy kwargs that
-    hold it. Unpatched, every copy rebuilds the pool from a deep copy of the whole vocabulary (~1 s for
-    the Qwen vocabulary here, several per process); patched, it is the same pool."""
+    hold it. Unpatched, every copy rebuilds the pool from a deep copy of the whole vocabulary (2.2 s for
+    the Qwen vocabulary here, several per engine start); patched, it is the same pool."""
     from transformers import AutoTokenizer
     from vllm.tokenizers.hf import ThreadSafeHFTokenizerMixin, get_cached_tokenizer, maybe_make_thread_pool
 

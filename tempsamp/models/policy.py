@@ -27,13 +27,6 @@ if TYPE_CHECKING:  # torch + transformers are all this module needs at run time 
 VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
-def special_ids(tokenizer) -> tuple[int, int]:
-    """(eos_id, pad_id) of a Qwen chat tokenizer: `<|im_end|>` ends a response, `<|endoftext|>` pads."""
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    return eos, pad
-
-
 def render_prompt(processor, problem: str, thinking: bool = False) -> str:
     """Chat-templated prompt text (generation prompt added, thinking disabled)."""
     msgs = [{"role": "user", "content": split_problem(problem)}]

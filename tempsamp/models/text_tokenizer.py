@@ -14,7 +14,17 @@ import json
 from pathlib import Path
 
 EOS_TOKEN = "<|im_end|>"  # ends an assistant turn of the Qwen chat template
-PAD_FALLBACK = "<|endoftext|>"
+PAD_FALLBACK = "<|endoftext|>"  # pads when the tokenizer names no pad_token
+
+
+def special_ids(tokenizer) -> tuple[int, int]:
+    """(eos_id, pad_id) of a transformers Qwen chat tokenizer: `<|im_end|>` ends a response, the
+    tokenizer's pad token (else `<|endoftext|>`) pads."""
+    eos = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.convert_tokens_to_ids(PAD_FALLBACK)
+    return eos, pad
 
 
 class TextTokenizer:
@@ -33,8 +43,6 @@ class TextTokenizer:
             self.pad_id = self._id(tok.token_to_id(pad or PAD_FALLBACK), pad or PAD_FALLBACK, d)
         else:
             from transformers import AutoTokenizer
-
-            from .policy import special_ids
 
             hf = AutoTokenizer.from_pretrained(str(d))
             self._encode = lambda text: hf.encode(text, add_special_tokens=False)

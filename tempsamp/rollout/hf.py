@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..models.loading import load_model, load_processor
-from ..models.policy import PromptInputs, build_inputs, generate, special_ids
+from ..models.policy import PromptInputs, build_inputs, generate
+from ..models.text_tokenizer import special_ids
 from ..sync.weights import IN_FLIGHT, BufferRing, SyncPlan, WeightSyncError, load_into_hf, make_group, receive_plan
 from .base import RolloutGroup, SamplingSpec, request_seed
 

@@ -61,7 +61,6 @@ def keep_plain_cpu_weights() -> None:
     vutils._tempsamp_patched = True
 
 
-
 def _same(self, memo):
     return self
 
