@@ -174,6 +174,13 @@ def test_reward_tokenizer_gives_the_policy_tokenizers_ids(tiny_models, tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(conf))
     slow = TextTokenizer(tmp_path)
     assert [slow.encode(t) for t in texts] == want and (slow.eos_id, slow.pad_id) == (151645, 151643)
+    # a tokenizer.json without the chat template's end token is refused, naming the file and the token
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] != "<|im_end|>"]
+    (bad / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"bad/tokenizer.json: no token '<\|im_end\|>' \(not a Qwen chat tokenizer\)"):
+        TextTokenizer(bad)
 
 
 def test_exported_and_built_models_follow_the_umask(tiny_models, tmp_path):
