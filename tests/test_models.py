@@ -214,3 +214,47 @@ def test_exported_and_built_models_follow_the_umask(tiny_models, tmp_path):
         assert {p.name: mode(p) for p in files} == {p.name: want for p in files}, folder
     assert (built / "tempsamp_tiny.json").is_file() and not (tmp_path / "tiny.tmp").exists()
     assert json.loads((Path(out) / "tempsamp_export.json").read_text())["step"] == 3
+    added = lambda d: json.loads((Path(d) / "tokenizer_config.json").read_text())["added_tokens_decoder"]  # noqa: E731
+    assert added(out) == added(src)  # the export keeps the base's added tokens (see the next test)
+
+
+def test_tokenizer_config_records_the_added_tokens_as_published_checkpoints_do(tiny_models, tmp_path, monkeypatch):
+    """A tiny model's tokenizer_config.json lists its added tokens (`added_tokens_decoder`, as Qwen's
+    published checkpoints do; transformers 5's save_pretrained leaves it out). Loading then parses
+    tokenizer.json once instead of twice, and gives the same tokenizer as a folder without the field."""
+    import shutil
+
+    import transformers.tokenization_utils_base as tub
+    from transformers import AutoTokenizer
+
+    src = Path(tiny_models("qwen2_5_vl"))
+    spec = json.loads((src / "tokenizer.json").read_text())
+    added = json.loads((src / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert {int(i): (t["content"], t["special"]) for i, t in added.items()} == \
+        {t["id"]: (t["content"], t["special"]) for t in spec["added_tokens"]}
+    bare = tmp_path / "bare"  # the same tokenizer files, saved the transformers 5 way
+    bare.mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        shutil.copy(src / name, bare / name)
+    conf = json.loads((src / "tokenizer_config.json").read_text())
+    conf.pop("added_tokens_decoder")
+    (bare / "tokenizer_config.json").write_text(json.dumps(conf))
+
+    parses, real_load = [], json.load
+
+    def counting_load(f, *a, **kw):
+        if getattr(f, "name", "").endswith("tokenizer.json"):
+            parses.append(f.name)
+        return real_load(f, *a, **kw)
+
+    monkeypatch.setattr(tub.json, "load", counting_load)  # the json module transformers' loaders share
+    toks = {}
+    for name, folder in (("recorded", src), ("bare", bare)):
+        parses.clear()
+        toks[name] = AutoTokenizer.from_pretrained(str(folder))
+        toks[name + " parses"] = len(parses)
+    assert (toks["recorded parses"], toks["bare parses"]) == (1, 2)
+    a, b = toks["recorded"], toks["bare"]
+    assert {i: str(t) for i, t in a.added_tokens_decoder.items()} == {i: str(t) for i, t in b.added_tokens_decoder.items()}
+    text = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>when? <answer> 1.5 to 3.25 </answer><|im_end|>"
+    assert a(text).input_ids == b(text).input_ids and (a.eos_token, a.pad_token) == (b.eos_token, b.pad_token)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -194,9 +195,14 @@ def test_ray_job_submit_runs_the_demo_config(tmp_path):
         workdir = log.parents[3]  # relative paths of the config resolve in the job's working dir
         assert (workdir / cfg.data.synthetic_dir / "train.jsonl").is_file()
         logs = client.get_job_logs(job)
-        assert "[demo] preempted (SIGTERM" in logs and "exit status 75" in logs, logs[-3000:]
+        # the driver checkpoints the last step it finished (or abandons the one in flight) and says how to go on
         saved = complete_checkpoints(workdir / cfg.checkpoint.output_dir)
-        assert saved and int(saved[-1].name.rsplit("_", 1)[1]) >= 2, logs[-3000:]
+        last = max(json.loads(x)["step"] for x in log.read_text().splitlines() if x.strip())
+        assert saved and saved[-1].name == f"global_step_{last}" and last >= 2, (saved, last, logs[-3000:])
+        hint = [x for x in logs.splitlines() if f"[{run}] preempted (SIGTERM" in x]
+        assert len(hint) == 1 and "exit status 75" in hint[0], logs[-3000:]
+        where = re.search(r"checkpoint\.resume=auto \(it resumes from (\S+)\)", hint[0])
+        assert where and where.group(1).endswith(f"{cfg.checkpoint.output_dir}/{saved[-1].name}"), hint
 
 
 # in-training validation on the synthetic bench the job generates (the demo config's eval section):
