@@ -19,7 +19,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `make test` runs the suite on 2 pytest-xdist workers. Measured on this 2-core machine, nothing else
 # running: 1249 s in one process (which leaves ~30 % of the CPU idle while it waits on process starts, Ray
 # and vLLM engine start-ups), 969 s on 2 workers, 849 s on 2 workers with one OpenMP thread each (above);
-# 731-768 s after the CPU cuts of stop 29 (both cores ~95 % busy: the suite's time is its CPU work).
+# 731-768 s after the CPU cuts of stop 29, 683 s after stop 30's (both cores ~95 % busy: the suite's time
+# is its CPU work).
 # `--dist loadfile` hands out whole files, so a file's module fixtures (test_reliability's uninterrupted
 # run, test_learner's Ray) are built once. Files go out in this order (`--no-loadscope-reorder` keeps it;
 # xdist would sort them by number of tests): the longest first, so the many short files fill in behind.
