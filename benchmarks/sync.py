@@ -4,8 +4,11 @@ allocated) and one broadcast per tensor into the receiver's existing tensors, fo
 sets of 50 MB - 1 GB. Sender and receiver are two processes joined by gloo on loopback (NCCL on a
 GPU machine: `--backend nccl`). Prints GB/s and the ratio to the fastest transport measured in the
 same run; appends to RESULTS.md. A bucket sweep: `--bucket-mb 8,32,128,256 --wires per_tensor,packed`.
+`--checksum-ablation` also times ours with both sides' checksums replaced by a constant (a diagnostic of
+what the checksums cost; the product always checksums).
 
     python benchmarks/sync.py [--sizes-mb 50,200,1000] [--bucket-mb 0] [--wires auto] [--repeats 3]
+                              [--checksum-ablation]
 """
 
 from __future__ import annotations
@@ -40,9 +43,16 @@ def model_like(total_mb: int, seed: int = 0) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+NO_CK = ", no checksums"
+
+
 def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires: list[str], repeats: int,
-            backend: str, q) -> None:
+            backend: str, q, ablate: bool = False) -> None:
+    import contextlib
+
     import msgspec
+
+    import tempsamp.sync.weights as weights
 
     from tempsamp.sync.weights import (IN_FLIGHT, BufferRing, SyncPlan, make_group, plan_buckets, receive_plan,
                                        send_streaming)
@@ -64,6 +74,15 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
         if backend == "nccl":
             torch.cuda.synchronize()
         return time.perf_counter() - t
+
+    @contextlib.contextmanager
+    def no_checksums():  # diagnostic only: both sides' checksums become a constant (they still travel)
+        saved = weights.checksum, weights.parts_checksum
+        weights.checksum = weights.parts_checksum = lambda *_: 0
+        try:
+            yield
+        finally:
+            weights.checksum, weights.parts_checksum = saved
 
     ring = BufferRing(IN_FLIGHT + 1)  # the engine's receive buffers, kept across syncs as the engines keep them
 
@@ -92,7 +111,7 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
         dst = [x if rank == 0 else torch.zeros_like(x) for _, x in named]
         flat = torch.zeros(nbytes, dtype=torch.uint8, device=dev)
         res: dict[str, list[float]] = {"raw_warm": [], "raw_fresh": [], "per_tensor": []}
-        res.update({f"ours {w} {b}MB": [] for w in wires for b in buckets_mb})
+        res.update({f"ours {w} {b}MB{x}": [] for w in wires for b in buckets_mb for x in ("", NO_CK)[:1 + ablate]})
         for _ in range(repeats):
             # raw: one flat buffer already packed, allocated and touched before (the link's limit)
             res["raw_warm"].append(timed(lambda: pg.broadcast(flat, 0).wait()))
@@ -104,6 +123,9 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
             for w in wires:
                 for b in buckets_mb:
                     res[f"ours {w} {b}MB"].append(timed(lambda: ours(named, b, w)))
+                    if ablate:
+                        with no_checksums():
+                            res[f"ours {w} {b}MB{NO_CK}"].append(timed(lambda: ours(named, b, w)))
         if rank == 1:
             q.put((mb, nbytes, len(named), {k: min(v) for k, v in res.items()}))
         del named, dst, flat
@@ -143,6 +165,8 @@ def main() -> None:
                     "device), per_tensor, packed")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    ap.add_argument("--checksum-ablation", action="store_true", help="also time ours without checksums "
+                    "(diagnostic: what the checksums cost)")
     ap.add_argument("--note", default="", help="a line appended under the table")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes_mb.split(",")]
@@ -153,7 +177,8 @@ def main() -> None:
     port = free_port()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, sizes, buckets, wires, a.repeats, a.backend, q))
+    procs = [ctx.Process(target=_worker, args=(r, port, sizes, buckets, wires, a.repeats, a.backend, q,
+                                                           a.checksum_ablation))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -176,6 +201,9 @@ def main() -> None:
         cells = [f"{gb / r[k]:.2f}" for k in transports]
         cells += [f"{gb / r[k]:.2f} | {r[k] / fastest:.2f}x" for k in ours_keys]
         lines.append(f"| {mb} MB | {nt} | " + " | ".join(cells) + " |")
+    lines.append("ours / per-tensor: " + "; ".join(
+        f"{mb} MB " + ", ".join(f"{k.removeprefix('ours ')} {r[k] / r['per_tensor']:.2f}x" for k in ours_keys)
+        for mb, _, _, r in results))
     lines.append("ours = plan + checksummed, versioned buckets + receiver verify and unpack (loading into the "
                  "engine's parameters is not timed, for per-tensor neither); target: ours <= 1.3x the fastest")
     if a.backend == "gloo":
