@@ -97,12 +97,11 @@ def export_hf(out_dir: str, model, processor, model_dir: str, rank: int, step: i
     if unexpected:
         raise RuntimeError(f"export: unexpected keys {unexpected[:5]}")
     from ..io import atomic_dir
-    from ..models.text_tokenizer import record_added_tokens
+    from ..models.loading import save_processor
 
     with atomic_dir(out_dir) as tmp:  # files get the user's umask (safetensors writes 0600)
         fresh.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        record_added_tokens(tmp, processor.tokenizer)  # as the base checkpoint has them (faster loads)
+        save_processor(processor, tmp)  # with the added tokens, as the base checkpoint has them
         (tmp / "tempsamp_export.json").write_text(json.dumps({"step": step, "base_model": model_dir}))
     return str(Path(out_dir))
 

@@ -27,22 +27,6 @@ def special_ids(tokenizer) -> tuple[int, int]:
     return eos, pad
 
 
-def record_added_tokens(folder: str | Path, tokenizer) -> None:
-    """Write `tokenizer`'s added (special) tokens into `folder`/tokenizer_config.json as
-    `added_tokens_decoder`, the way published Qwen checkpoints carry them. transformers 5's
-    `save_pretrained` leaves the field out, and without it every later `from_pretrained` parses the
-    whole tokenizer.json (11 MB for Qwen) once more just to find those tokens: measured here 0.4 of
-    1.1 CPU-s per tokenizer load, paid by every learner, engine and eval actor and three times per vLLM
-    engine start. Nothing else changes: the ids and tokens are the tokenizer's own."""
-    path = Path(folder) / "tokenizer_config.json"
-    conf = json.loads(path.read_text())
-    conf["added_tokens_decoder"] = {
-        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
-                 "single_word": t.single_word, "special": t.special}
-        for i, t in sorted(tokenizer.added_tokens_decoder.items())}
-    path.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
-
-
 class TextTokenizer:
     def __init__(self, model_dir: str | Path):
         d = Path(model_dir)

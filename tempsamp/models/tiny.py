@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_dir
-from .text_tokenizer import record_added_tokens
+from .loading import save_processor
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 VOCAB_SIZE = 151936  # Qwen2 embedding size (tokenizer has 151,669; the rest is padding)
@@ -141,9 +141,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int 
     model = AutoModelForImageTextToText.from_config(cfg, dtype=getattr(torch, dtype))
     with atomic_dir(out) as tmp:  # files get the user's umask (safetensors writes 0600)
         model.save_pretrained(tmp)
-        processor = build_processor(family)
-        processor.save_pretrained(tmp)
-        record_added_tokens(tmp, processor.tokenizer)
+        save_processor(build_processor(family), tmp)
         (tmp / "tempsamp_tiny.json").write_text(json.dumps({"family": family, "seed": seed, "hidden": hidden,
                                                             "layers": layers, "dtype": dtype}))
     return out
