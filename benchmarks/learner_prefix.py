@@ -85,7 +85,7 @@ def one(args) -> dict:
     from tempsamp.rollout.base import RolloutGroup
 
     torch.manual_seed(0)
-    cfg = load_config(None, [f"model.dtype={args.dtype}", f"learner.shared_prefix={str(args.shared).lower()}",
+    cfg = load_config(args.config or None, [f"model.dtype={args.dtype}", f"learner.shared_prefix={str(args.shared).lower()}",
                              f"learner.gradient_checkpointing={str(not args.no_grad_ckpt).lower()}",
                              "learner.lr=1e-5", "learner.warmup_ratio=0", f"rollout.n={args.n}",
                              "learner.micro_batch_tokens=65536", f"rollout.top_p={args.top_p}"], env={})
@@ -93,7 +93,12 @@ def one(args) -> dict:
     core.skip_zero_adv = False  # every row runs (random responses score 0: the timing is of all n rows)
     proc, tok = core.processor, core.processor.tokenizer
     video = video_sample(args.family, args.frames, args.rows, args.cols)
-    prompt = render_prompt(proc, "<video>\nWhen does the person open the door? Answer with start and end seconds.")
+    if args.prompt == "timelens":  # the trainer's prompt: the TimeLens instruction around the query (~85 tokens)
+        from tempsamp.data.prompts import build_problem
+
+        prompt = render_prompt(proc, build_problem("the person opens the door"))
+    else:
+        prompt = render_prompt(proc, "<video>\nWhen does the person open the door? Answer with start and end seconds.")
     rng = np.random.default_rng(0)
     groups = [RolloutGroup(key=0, response_ids=[rng.integers(100, 5000, size=args.response).tolist() for _ in range(args.n)],
                            texts=[""] * args.n, logprobs=[[]] * args.n, weight_version=0)]
@@ -138,6 +143,12 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=0.85,
                     help="rollout.top_p (the recipe's 0.85: the learner also scores each response token under the "
                          "engines' top-p filter, a sort of the vocabulary per token, the same work shared or not)")
+    ap.add_argument("--prompt", choices=["short", "timelens"], default="short",
+                    help="the text around the video: a one-line question (the runs in RESULTS.md before 2026-11-30) "
+                         "or the trainer's TimeLens instruction (`--prompt timelens`, e.g. for the demo's shape: "
+                         "--frames 8 --rows 2 --cols 4 --response 24 --ns 4 --no-grad-ckpt --top-p 1.0)")
+    ap.add_argument("--config", default="", help="a YAML config whose algorithm/learner/rollout settings the step "
+                    "uses (default: the library defaults); the flags above override it")
     ap.add_argument("--model", default="", help="a model folder (default: a random one of --family/--hidden/--layers)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=8, help=argparse.SUPPRESS)
@@ -158,7 +169,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", "--n", str(n), "--model", a.model, "--family", a.family,
                    "--frames", str(a.frames), "--rows", str(a.rows), "--cols", str(a.cols), "--response",
                    str(a.response), "--steps", str(a.steps), "--device", a.device, "--dtype", a.dtype,
-                   "--top-p", str(a.top_p)]
+                   "--top-p", str(a.top_p), "--prompt", a.prompt, "--config", a.config]
             cmd += ["--shared"] if shared else []
             cmd += ["--no-grad-ckpt"] if a.no_grad_ckpt else []
             env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -173,7 +184,7 @@ def main() -> None:
     lines = [stamp("learner_prefix", f"{a.device}, {a.dtype}"),
              f"{a.family} random, hidden {a.hidden}, {a.layers} layers; one group: prefix {any_r['prefix']} tokens "
              f"(video {a.frames} frames) : response {a.response} tokens; LearnerCore.train_step (fwd + bwd + AdamW), "
-             f"grad ckpt {not a.no_grad_ckpt}, rollout.top_p {a.top_p}; median of {a.steps} steps after 1 warm-up; "
+             f"grad ckpt {not a.no_grad_ckpt}, rollout.top_p {a.top_p}, {a.prompt} prompt; median of {a.steps} steps after 1 warm-up; "
              f"shared = {mode}",
              "| n | unshared s/step | shared s/step | speed-up | unshared peak MiB | shared peak MiB | memory ratio |",
              "|---|---|---|---|---|---|---|"]

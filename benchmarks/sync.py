@@ -1,9 +1,12 @@
 """Weight-sync benchmark: our bucketed, checksummed, versioned broadcast (tempsamp.sync.weights) vs the
-plain transports of the same bytes: one raw broadcast of a flat buffer (pre-touched, and freshly
-allocated) and one broadcast per tensor into the receiver's existing tensors, for model-shaped tensor
-sets of 50 MB - 1 GB. Sender and receiver are two processes joined by gloo on loopback (NCCL on a
-GPU machine: `--backend nccl`). Prints GB/s and the ratio to the fastest transport measured in the
-same run; appends to RESULTS.md. A bucket sweep: `--bucket-mb 8,32,128,256 --wires per_tensor,packed`.
+plain transports of the same weights, for model-shaped tensor sets of 50 MB - 1 GB: one broadcast per
+tensor into the receiver's existing tensors (per-tensor); the tensors packed into one pre-touched flat
+buffer, one broadcast into the receiver's pre-touched flat buffer, views there (flat); and, as
+references, one broadcast of bytes that are already packed, into a pre-touched buffer (raw warm: the
+link's limit, not a way to send weights, which are not packed yet) or a newly allocated one (raw
+fresh). Sender and receiver are two processes joined by gloo on loopback (NCCL on a GPU machine:
+`--backend nccl`). Prints GB/s, the ratio to the fastest weight transport and to the link measured in
+the same run, and each side's CPU time per GB (where the time goes); appends to RESULTS.md. A bucket sweep: `--bucket-mb 8,32,128,256 --wires per_tensor,packed`.
 `--checksum-ablation` also times ours with both sides' checksums replaced by a constant (a diagnostic of
 what the checksums cost; the product always checksums).
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import time
 
 import torch
@@ -58,6 +62,7 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
                                        send_streaming)
 
     dev = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
+    torch.set_num_threads(1)  # the two processes share the cores; idle intra-op threads spin and take CPU from gloo
     if backend == "nccl":
         torch.cuda.set_device(dev)
     pg, _store = make_group("127.0.0.1", port, rank, 2, backend, 600.0, device=dev if backend == "nccl" else None)
@@ -67,13 +72,17 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
         if backend == "nccl":
             torch.cuda.synchronize()
 
-    def timed(fn) -> float:
+    def cpu_s() -> float:  # this process, all threads (gloo's included)
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def timed(fn) -> tuple[float, float]:
         barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         fn()
         if backend == "nccl":
             torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return time.perf_counter() - t, cpu_s() - c
 
     @contextlib.contextmanager
     def no_checksums():  # diagnostic only: both sides' checksums become a constant (they still travel)
@@ -110,8 +119,27 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
         # the receiver's tensors exist before a sync (the engine's parameters): allocated and touched once
         dst = [x if rank == 0 else torch.zeros_like(x) for _, x in named]
         flat = torch.zeros(nbytes, dtype=torch.uint8, device=dev)
-        res: dict[str, list[float]] = {"raw_warm": [], "raw_fresh": [], "per_tensor": []}
+        offsets, off = [], 0
+        for _, x in named:
+            offsets.append((off, x.numel() * x.element_size()))
+            off += x.numel() * x.element_size()
+
+        def flat_packed():
+            # the weights packed into one pre-touched buffer, one broadcast, the receiver's tensors are views
+            if rank == 0:
+                for (o, n), (_, x) in zip(offsets, named):
+                    flat[o: o + n].copy_(x.reshape(-1).view(torch.uint8))
+            pg.broadcast(flat, 0).wait()
+            if rank == 1:
+                views = [flat[o: o + n].view(x.dtype).reshape(x.shape) for (o, n), (_, x) in zip(offsets, named)]
+                assert len(views) == len(named)
+
+        res: dict[str, list[tuple[float, float]]] = {"raw_warm": [], "raw_fresh": [], "per_tensor": [], "flat": []}
         res.update({f"ours {w} {b}MB{x}": [] for w in wires for b in buckets_mb for x in ("", NO_CK)[:1 + ablate]})
+        for w in wires:  # steady state: every slot of the receiver's ring touched, as after an engine's first syncs
+            for b in buckets_mb:
+                for _ in range(ring.slots):
+                    ours(named, b, w)
         for _ in range(repeats):
             # raw: one flat buffer already packed, allocated and touched before (the link's limit)
             res["raw_warm"].append(timed(lambda: pg.broadcast(flat, 0).wait()))
@@ -120,14 +148,14 @@ def _worker(rank: int, port: int, sizes: list[int], buckets_mb: list[int], wires
                                                                0).wait()))
             # per tensor: one broadcast per parameter, straight into the receiver's existing tensors
             res["per_tensor"].append(timed(lambda: [pg.broadcast(x, 0).wait() for x in dst]))
+            res["flat"].append(timed(flat_packed))
             for w in wires:
                 for b in buckets_mb:
                     res[f"ours {w} {b}MB"].append(timed(lambda: ours(named, b, w)))
                     if ablate:
                         with no_checksums():
                             res[f"ours {w} {b}MB{NO_CK}"].append(timed(lambda: ours(named, b, w)))
-        if rank == 1:
-            q.put((mb, nbytes, len(named), {k: min(v) for k, v in res.items()}))
+        q.put((rank, mb, nbytes, len(named), res))
         del named, dst, flat
 
 
@@ -182,30 +210,47 @@ def main() -> None:
              for r in range(2)]
     for p in procs:
         p.start()
-    results = [q.get(timeout=1800) for _ in sizes]
+    got = [q.get(timeout=1800) for _ in range(2 * len(sizes))]
     for p in procs:
         p.join()
+    results = []  # per size: (mb, bytes, tensors, {key: (wall s, sender CPU s, receiver CPU s)} of the best repeat)
+    for mb in sizes:
+        side = {rank: res for rank, m, _, _, res in got if m == mb}
+        _, _, nbytes, nt, _ = next(g for g in got if g[1] == mb)
+        best = {}
+        for k in side[0]:
+            reps = [(max(w0, w1), c0, c1) for (w0, c0), (w1, c1) in zip(side[0][k], side[1][k])]
+            best[k] = min(reps)
+        results.append((mb, nbytes, nt, best))
     dev = torch.cuda.get_device_name(0) if a.backend == "nccl" else f"{platform.machine()}, {os.cpu_count()} cores"
     ours_keys = [k for k in results[0][3] if k.startswith("ours")]
-    transports = ("raw_warm", "raw_fresh", "per_tensor")
+    transports = ("per_tensor", "flat", "raw_fresh")  # ways to move the weights (raw fresh: the issue's first flat figure)
     lines = [f"## sync — {time.strftime('%Y-%m-%d %H:%M')} — {a.backend}, {dev}",
-             f"best of {a.repeats}; GB/s = bytes / wall time; ratio = our time / the fastest transport of the same "
-             "run (raw warm: one pre-touched flat buffer; raw fresh: one newly allocated flat buffer; per-tensor: "
-             "one broadcast per tensor into the receiver's existing tensors)",
-             "| weights | tensors | raw warm GB/s | raw fresh GB/s | per-tensor GB/s | "
-             + " | ".join(f"{k} GB/s | ratio" for k in ours_keys) + " |",
-             "|---|---|---|---|---|" + "---|---|" * len(ours_keys)]
+             f"best of {a.repeats} (wall = the slower side); GB/s = bytes / wall time. Weight transports: per-tensor = "
+             "one broadcast per tensor into the receiver's existing tensors; flat = the tensors packed into one "
+             "pre-touched buffer, one broadcast, views on the receiver. References: raw warm = bytes already packed, "
+             "one broadcast into a pre-touched buffer (the link's limit); raw fresh = the same into a new buffer. "
+             "ratio = our time / the fastest weight transport of the run; vs link = our time / raw warm",
+             "| weights | tensors | raw warm GB/s | raw fresh GB/s | per-tensor GB/s | flat GB/s | "
+             + " | ".join(f"{k} GB/s | ratio | vs link" for k in ours_keys) + " |",
+             "|---|---|---|---|---|---|" + "---|---|---|" * len(ours_keys)]
     for mb, nbytes, nt, r in results:
         gb = nbytes / 1e9
-        fastest = min(r[k] for k in transports)
-        cells = [f"{gb / r[k]:.2f}" for k in transports]
-        cells += [f"{gb / r[k]:.2f} | {r[k] / fastest:.2f}x" for k in ours_keys]
+        fastest = min(r[k][0] for k in transports)
+        cells = [f"{gb / r[k][0]:.2f}" for k in ("raw_warm", "raw_fresh", "per_tensor", "flat")]
+        cells += [f"{gb / r[k][0]:.2f} | {r[k][0] / fastest:.2f}x | {r[k][0] / r['raw_warm'][0]:.2f}x"
+                  for k in ours_keys]
         lines.append(f"| {mb} MB | {nt} | " + " | ".join(cells) + " |")
     lines.append("ours / per-tensor: " + "; ".join(
-        f"{mb} MB " + ", ".join(f"{k.removeprefix('ours ')} {r[k] / r['per_tensor']:.2f}x" for k in ours_keys)
+        f"{mb} MB " + ", ".join(f"{k.removeprefix('ours ')} {r[k][0] / r['per_tensor'][0]:.2f}x" for k in ours_keys)
         for mb, _, _, r in results))
+    lines.append("CPU s per GB, sender + receiver (all threads; 2 cores = at most 2 CPU s per wall s): " + "; ".join(
+        f"{mb} MB " + ", ".join(f"{k.replace('_', ' ').removeprefix('ours ')} {r[k][1] / (nb / 1e9):.2f} + "
+                                f"{r[k][2] / (nb / 1e9):.2f}" for k in r)
+        for mb, nb, _, r in results[-1:]))
     lines.append("ours = plan + checksummed, versioned buckets + receiver verify and unpack (loading into the "
-                 "engine's parameters is not timed, for per-tensor neither); target: ours <= 1.3x the fastest")
+                 "engine's parameters is not timed, for the transports neither); target: ours <= 1.3x the fastest "
+                 "weight transport")
     if a.backend == "gloo":
         lines.append("per-byte costs on this machine (one process, 256 MB, GB/s): " + ", ".join(
             f"{k} {v:.2f}" for k, v in breakdown().items()))
