@@ -145,6 +145,45 @@ def test_top_p_from_candidates_equals_the_full_sort(monkeypatch):
     assert kept.min() <= 4 and kept.max() > 16  # both paths were taken
 
 
+def test_filtered_logprobs_equal_log_softmax_of_the_truncated_logits(monkeypatch):
+    """The learner's log-probs under the engine's filter, taken from the kept logits only, equal
+    log_softmax(truncate_logits(...)) at the token (-inf outside the kept set): top-k, top-k + top-p,
+    top-p among the candidates (peaked rows) and past them (flat rows), and ties at the threshold
+    (kept by the filter although outside the k largest; split by the top-p sort)."""
+    from tempsamp.models import policy
+
+    monkeypatch.setattr(policy, "TOP_P_CANDIDATES", 16)
+    torch.manual_seed(2)
+    peaked = torch.randn(6, 300) * 0.3
+    peaked[:, :4] += torch.tensor([9.0, 8.0, 7.5, 6.0])
+    flat = torch.randn(4, 300) * 0.3
+    tied = torch.randn(4, 300)
+    tied[:, 10:14] = 5.0  # four equal logits: top-k 2 keeps all four, top-p may cut between them
+    tied[:, 20] = 7.0
+    x = torch.cat([peaked, flat, tied])
+    kept_somewhere = x.topk(3, -1).indices
+    for k, p in ((5, 1.0), (2, 1.0), (1, 1.0), (10, 0.5), (3, 0.9), (-1, 0.85), (-1, 0.5), (-1, 0.99),
+                 (-1, 1.0), (400, 0.9)):
+        finite = 0
+        for tok in (kept_somewhere[:, 0], kept_somewhere[:, 2], torch.full((14,), 12), torch.randint(0, 300, (14,))):
+            ref = torch.log_softmax(policy.truncate_logits(x, k, p), -1).gather(-1, tok[:, None]).squeeze(-1)
+            ours = policy.filtered_logprobs(x, tok, k, p)
+            assert torch.equal(torch.isinf(ours), torch.isinf(ref)), (k, p)
+            fin = ~torch.isinf(ref)
+            assert torch.allclose(ours[fin], ref[fin], atol=1e-5, rtol=0), (k, p)
+            finite += int(fin.sum())
+        assert finite >= 14, (k, p)  # the most likely token of every row is always kept
+    small = torch.zeros(2, 12)  # fewer entries than candidates: the top-p rule sorts the whole row,
+    small[:, :4] = 3.0  # and the nucleus ends inside the four tied logits
+    for p in (0.5, 0.6):
+        for t in range(5):
+            tok = torch.full((2,), t)
+            ref = torch.log_softmax(policy.truncate_logits(small, -1, p), -1).gather(-1, tok[:, None]).squeeze(-1)
+            ours = policy.filtered_logprobs(small, tok, -1, p)
+            assert torch.equal(torch.isinf(ours), torch.isinf(ref)), (p, t)
+            assert torch.allclose(ours[~torch.isinf(ref)], ref[~torch.isinf(ref)], atol=1e-5, rtol=0), (p, t)
+
+
 def test_reward_tokenizer_gives_the_policy_tokenizers_ids(tiny_models, tmp_path):
     """The reward role's tokenizer (`tokenizers` on tokenizer.json, no transformers) and its fallback (a
     folder with only vocab.json + merges.txt, through transformers) encode as the policy's tokenizer and

@@ -159,6 +159,56 @@ def _top_p_only(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return out
 
 
+def filtered_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
+    """(N,) log-probs of `tokens` under the engine's filtered distribution: the values of
+    `log_softmax(truncate_logits(logits, top_k, top_p)).gather(tokens)` (-inf for a token outside the
+    kept set), without its (N, V) temporaries where the kept set lies among the largest logits: the
+    token's logit minus the log-sum-exp of the kept logits, both found from the top-k (k + 1 values: a
+    logit tied with the threshold outside them would be kept too) or the top-p candidates. Rows where
+    that does not hold (a tie at the threshold, a top-p nucleus past the candidates) take
+    `truncate_logits` + log_softmax. Measured on 96 tokens x the 151,936-entry vocabulary (2 cores):
+    top-k 50 48 -> ~10 ms; it was ~30 % of the demo learner's step."""
+    xt = logits.gather(-1, tokens[:, None])  # (N, 1)
+    V = logits.shape[-1]
+    if top_k <= 0 and top_p >= 1.0:
+        return (xt - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
+    slow = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    if 0 < top_k < V:
+        vals = logits.topk(min(top_k + 1, V), dim=-1).values  # descending
+        top = vals[:, :top_k]
+        if top_p < 1.0:  # the rule of truncate_logits, on the k largest
+            asc = top.flip(-1)
+            drop = asc.softmax(-1).cumsum(-1) <= 1.0 - top_p
+            drop[..., -1] = False
+            thr = asc.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
+        else:
+            thr = top[:, -1:]
+        if vals.shape[-1] > top_k:
+            slow |= vals[:, top_k] >= thr[:, 0]  # a tie at the threshold just outside the k largest
+        cand = top
+    elif top_k <= 0 or top_k >= V:  # top-p alone: among the TOP_P_CANDIDATES largest (see _top_p_only)
+        if top_p >= 1.0:
+            return (xt - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
+        K = min(TOP_P_CANDIDATES, V)
+        vals = logits.topk(K, dim=-1).values.flip(-1)  # ascending
+        p = (vals - logits.logsumexp(-1, keepdim=True)).exp()
+        outside = (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0)
+        drop = outside + p.cumsum(-1) <= 1.0 - top_p
+        drop[..., -1] = False
+        thr = vals.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
+        if K < V:  # the nucleus reaches past the candidates (a flat row), or ties the smallest of them
+            slow |= ~drop[..., 0] | (thr[:, 0] <= vals[:, 0])
+        slow |= (drop & (vals >= thr)).any(-1)  # a dropped token tied with the threshold (the sort splits ties)
+        cand = vals
+    lse = cand.masked_fill(cand < thr, -torch.inf).logsumexp(-1, keepdim=True)
+    out = torch.where(xt >= thr, xt - lse, torch.full_like(xt, -torch.inf)).squeeze(-1)
+    if slow.any():
+        rows = slow.nonzero().squeeze(-1)
+        full = torch.log_softmax(truncate_logits(logits[rows], top_k, top_p), -1)
+        out[rows] = full.gather(-1, tokens[rows][:, None]).squeeze(-1)
+    return out
+
+
 def response_scores(model, inputs: PromptInputs, response_ids: torch.Tensor, response_mask: torch.Tensor,
                     temperature: float = 1.0, with_entropy: bool = False, top_k: int = -1,
                     top_p: float = 1.0, shared_prefix: bool = False) -> ResponseScores:
@@ -213,8 +263,7 @@ def response_scores(model, inputs: PromptInputs, response_ids: torch.Tensor, res
             ent = torch.stack([-(r.exp() * r).sum(-1) for r in la]) * m
         if top_k > 0 or top_p < 1.0:
             tok = response_ids.to(device)
-            sampled = torch.stack([torch.log_softmax(truncate_logits(r, top_k, top_p), -1)
-                                   .gather(-1, t[:, None]).squeeze(-1) for r, t in zip(logits.detach(), tok)])
+            sampled = torch.stack([filtered_logprobs(r, t, top_k, top_p) for r, t in zip(logits.detach(), tok)])
             sampled = torch.where(m.bool(), sampled, torch.zeros_like(sampled))
         else:
             sampled = lp.detach()
