@@ -184,7 +184,8 @@ def main() -> None:
     lines = [stamp("learner_prefix", f"{a.device}, {a.dtype}"),
              f"{a.family} random, hidden {a.hidden}, {a.layers} layers; one group: prefix {any_r['prefix']} tokens "
              f"(video {a.frames} frames) : response {a.response} tokens; LearnerCore.train_step (fwd + bwd + AdamW), "
-             f"grad ckpt {not a.no_grad_ckpt}, rollout.top_p {a.top_p}, {a.prompt} prompt; median of {a.steps} steps after 1 warm-up; "
+             f"grad ckpt {not a.no_grad_ckpt}, rollout.top_p {a.top_p}, {a.prompt} prompt, "
+             f"config {a.config or 'defaults'}; median of {a.steps} steps after 1 warm-up; "
              f"shared = {mode}",
              "| n | unshared s/step | shared s/step | speed-up | unshared peak MiB | shared peak MiB | memory ratio |",
              "|---|---|---|---|---|---|---|"]

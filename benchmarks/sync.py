@@ -245,7 +245,7 @@ def main() -> None:
         f"{mb} MB " + ", ".join(f"{k.removeprefix('ours ')} {r[k][0] / r['per_tensor'][0]:.2f}x" for k in ours_keys)
         for mb, _, _, r in results))
     lines.append("CPU s per GB, sender + receiver (all threads; 2 cores = at most 2 CPU s per wall s): " + "; ".join(
-        f"{mb} MB " + ", ".join(f"{k.replace('_', ' ').removeprefix('ours ')} {r[k][1] / (nb / 1e9):.2f} + "
+        f"{mb} MB " + ", ".join(f"{k.replace('_', ' ')} {r[k][1] / (nb / 1e9):.2f} + "
                                 f"{r[k][2] / (nb / 1e9):.2f}" for k in r)
         for mb, nb, _, r in results[-1:]))
     lines.append("ours = plan + checksummed, versioned buckets + receiver verify and unpack (loading into the "
