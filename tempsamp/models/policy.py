@@ -112,17 +112,31 @@ def truncate_logits(logits: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -
         return logits
     V = logits.shape[-1]
     if 0 < top_k < V:
-        vals = logits.topk(top_k, dim=-1).values  # descending
-        if top_p < 1.0:
-            asc = vals.flip(-1)
-            drop = asc.softmax(-1).cumsum(-1) <= 1.0 - top_p
-            drop[..., -1] = False
-            kept = asc.masked_fill(drop, torch.inf)  # the smallest kept value is the threshold
-            thr = kept.min(-1, keepdim=True).values
-        else:
-            thr = vals[..., -1:]
+        thr = _top_k_threshold(logits.topk(top_k, dim=-1).values, top_p)
         return logits.masked_fill(logits < thr, -torch.inf)
     return _top_p_only(logits, top_p)
+
+
+def _top_k_threshold(top: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(N, 1) smallest kept logit given the k largest (descending): the k-th, or with top_p < 1 the
+    smallest of them the top-p rule keeps among the k (renormalised over them)."""
+    if top_p >= 1.0:
+        return top[..., -1:]
+    asc = top.flip(-1)
+    drop = asc.softmax(-1).cumsum(-1) <= 1.0 - top_p
+    drop[..., -1] = False
+    return asc.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
+
+
+def _top_p_candidates(logits: torch.Tensor, top_p: float, k: int):
+    """The k largest logits ascending, which of them top-p drops and the smallest kept one (N, 1). Their
+    ascending tail mass is (mass outside the k) + p_k + ... + p_j (see _top_p_only)."""
+    vals = logits.topk(k, dim=-1).values.flip(-1)  # ascending
+    p = (vals - logits.logsumexp(-1, keepdim=True)).exp()
+    outside = (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0)
+    drop = outside + p.cumsum(-1) <= 1.0 - top_p
+    drop[..., -1] = False
+    return vals, drop, vals.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
 
 
 # top-p alone: the nucleus is looked for among this many largest logits first; a row whose nucleus
@@ -142,12 +156,7 @@ def _top_p_only(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     out = torch.empty_like(logits)
     flat = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
     if K < V:
-        vals = logits.topk(K, dim=-1).values.flip(-1)  # ascending
-        p = (vals - logits.logsumexp(-1, keepdim=True)).exp()
-        outside = (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0)
-        drop = outside + p.cumsum(-1) <= 1.0 - top_p
-        drop[..., -1] = False
-        thr = vals.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
+        _, drop, thr = _top_p_candidates(logits, top_p, K)
         flat = ~drop[..., 0]
         out = logits.masked_fill(logits < thr, -torch.inf)
     if flat.any():
@@ -159,7 +168,8 @@ def _top_p_only(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return out
 
 
-def filtered_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
+def filtered_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = -1,
+                      top_p: float = 1.0) -> torch.Tensor:
     """(N,) log-probs of `tokens` under the engine's filtered distribution: the values of
     `log_softmax(truncate_logits(logits, top_k, top_p)).gather(tokens)` (-inf for a token outside the
     kept set), without its (N, V) temporaries where the kept set lies among the largest logits: the
@@ -170,32 +180,19 @@ def filtered_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = -
     top-k 50 48 -> ~10 ms; it was ~19 % of the demo learner's time (py-spy over its actor)."""
     xt = logits.gather(-1, tokens[:, None])  # (N, 1)
     V = logits.shape[-1]
-    if top_k <= 0 and top_p >= 1.0:
+    if not 0 < top_k < V and top_p >= 1.0:  # nothing is cut
         return (xt - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
     slow = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     if 0 < top_k < V:
         vals = logits.topk(min(top_k + 1, V), dim=-1).values  # descending
         top = vals[:, :top_k]
-        if top_p < 1.0:  # the rule of truncate_logits, on the k largest
-            asc = top.flip(-1)
-            drop = asc.softmax(-1).cumsum(-1) <= 1.0 - top_p
-            drop[..., -1] = False
-            thr = asc.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
-        else:
-            thr = top[:, -1:]
+        thr = _top_k_threshold(top, top_p)
         if vals.shape[-1] > top_k:
             slow |= vals[:, top_k] >= thr[:, 0]  # a tie at the threshold just outside the k largest
         cand = top
-    elif top_k <= 0 or top_k >= V:  # top-p alone: among the TOP_P_CANDIDATES largest (see _top_p_only)
-        if top_p >= 1.0:
-            return (xt - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
+    else:  # top-p alone: among the TOP_P_CANDIDATES largest (see _top_p_only)
         K = min(TOP_P_CANDIDATES, V)
-        vals = logits.topk(K, dim=-1).values.flip(-1)  # ascending
-        p = (vals - logits.logsumexp(-1, keepdim=True)).exp()
-        outside = (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0)
-        drop = outside + p.cumsum(-1) <= 1.0 - top_p
-        drop[..., -1] = False
-        thr = vals.masked_fill(drop, torch.inf).min(-1, keepdim=True).values
+        vals, drop, thr = _top_p_candidates(logits, top_p, K)
         if K < V:  # the nucleus reaches past the candidates (a flat row), or ties the smallest of them
             slow |= ~drop[..., 0] | (thr[:, 0] <= vals[:, 0])
         slow |= (drop & (vals >= thr)).any(-1)  # a dropped token tied with the threshold (the sort splits ties)
