@@ -85,10 +85,11 @@ def one(args) -> dict:
     from tempsamp.rollout.base import RolloutGroup
 
     torch.manual_seed(0)
-    cfg = load_config(args.config or None, [f"model.dtype={args.dtype}", f"learner.shared_prefix={str(args.shared).lower()}",
-                             f"learner.gradient_checkpointing={str(not args.no_grad_ckpt).lower()}",
-                             "learner.lr=1e-5", "learner.warmup_ratio=0", f"rollout.n={args.n}",
-                             "learner.micro_batch_tokens=65536", f"rollout.top_p={args.top_p}"], env={})
+    cfg = load_config(args.config or None, [
+        f"model.dtype={args.dtype}", f"learner.shared_prefix={str(args.shared).lower()}",
+        f"learner.gradient_checkpointing={str(not args.no_grad_ckpt).lower()}", "learner.lr=1e-5",
+        "learner.warmup_ratio=0", f"rollout.n={args.n}", "learner.micro_batch_tokens=65536",
+        f"rollout.top_p={args.top_p}"], env={})
     core = LearnerCore(cfg, args.model, total_steps=100, device=args.device)
     core.skip_zero_adv = False  # every row runs (random responses score 0: the timing is of all n rows)
     proc, tok = core.processor, core.processor.tokenizer

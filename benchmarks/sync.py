@@ -6,7 +6,8 @@ references, one broadcast of bytes that are already packed, into a pre-touched b
 link's limit, not a way to send weights, which are not packed yet) or a newly allocated one (raw
 fresh). Sender and receiver are two processes joined by gloo on loopback (NCCL on a GPU machine:
 `--backend nccl`). Prints GB/s, the ratio to the fastest weight transport and to the link measured in
-the same run, and each side's CPU time per GB (where the time goes); appends to RESULTS.md. A bucket sweep: `--bucket-mb 8,32,128,256 --wires per_tensor,packed`.
+the same run, and each side's CPU time per GB (where the time goes); appends to RESULTS.md. A bucket
+sweep: `--bucket-mb 8,32,128,256 --wires per_tensor,packed`.
 `--checksum-ablation` also times ours with both sides' checksums replaced by a constant (a diagnostic of
 what the checksums cost; the product always checksums).
 

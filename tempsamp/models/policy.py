@@ -184,12 +184,10 @@ def filtered_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = -
         return (xt - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
     slow = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     if 0 < top_k < V:
-        vals = logits.topk(min(top_k + 1, V), dim=-1).values  # descending
-        top = vals[:, :top_k]
-        thr = _top_k_threshold(top, top_p)
-        if vals.shape[-1] > top_k:
-            slow |= vals[:, top_k] >= thr[:, 0]  # a tie at the threshold just outside the k largest
-        cand = top
+        vals = logits.topk(top_k + 1, dim=-1).values  # descending; top_k < V, so k + 1 values exist
+        cand = vals[:, :top_k]
+        thr = _top_k_threshold(cand, top_p)
+        slow |= vals[:, top_k] >= thr[:, 0]  # a tie at the threshold just outside the k largest
     else:  # top-p alone: among the TOP_P_CANDIDATES largest (see _top_p_only)
         K = min(TOP_P_CANDIDATES, V)
         vals, drop, thr = _top_p_candidates(logits, top_p, K)
